@@ -1,0 +1,77 @@
+"""nnU-Net trainer for benchmarks: short, configurable runs that record their own timings.
+
+Installed by ``benchmarks/setup_reference.sh`` at the TOP LEVEL of nnU-Net's
+``nnunetv2/training/nnUNetTrainer/`` package: nnU-Net finds a trainer by importing its trainer
+modules in alphabetical order, and a sub-package that imports torchvision (absent in the
+reference venv, which keeps a CPU torch) would fail before a nested copy were reached.
+
+nnU-Net constructs trainers by name from its CLI, so the only way to hand it run lengths is the
+environment (read once, in ``__init__``):
+  VOXSEG_BENCH_ITERS      training iterations per epoch (default 20)
+  VOXSEG_BENCH_EPOCHS     epochs (default 1)
+  VOXSEG_BENCH_VAL_ITERS  validation iterations per epoch (default 2)
+  VOXSEG_BENCH_FINAL_VAL  "1" runs nnU-Net's sliding-window validation at the end (default off)
+
+Each epoch's wall time from the first batch request to the last optimiser step, and the part of
+it spent inside ``train_step`` (the rest is waiting for the data loader), are written to
+``<output_folder>/bench_stats.json`` so the caller needs no log parsing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+class nnUNetTrainerBench(nnUNetTrainer):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_iterations_per_epoch = _env_int("VOXSEG_BENCH_ITERS", 20)
+        self.num_epochs = _env_int("VOXSEG_BENCH_EPOCHS", 1)
+        self.num_val_iterations_per_epoch = _env_int("VOXSEG_BENCH_VAL_ITERS", 2)
+        self._final_validation = os.environ.get("VOXSEG_BENCH_FINAL_VAL", "0") == "1"
+        self._bench_epochs: list[dict] = []
+        self._step_seconds = 0.0
+        self._epoch_start = 0.0
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self._step_seconds = 0.0
+        self._epoch_start = time.perf_counter()
+
+    def train_step(self, batch: dict) -> dict:
+        # train_step returns a CPU numpy loss, so the device is synchronised when it returns.
+        t0 = time.perf_counter()
+        out = super().train_step(batch)
+        self._step_seconds += time.perf_counter() - t0
+        return out
+
+    def on_train_epoch_end(self, train_outputs):
+        wall = time.perf_counter() - self._epoch_start
+        self._bench_epochs.append({
+            "epoch": self.current_epoch, "iterations": self.num_iterations_per_epoch,
+            "wall_s": wall, "step_s": self._step_seconds,
+        })
+        super().on_train_epoch_end(train_outputs)
+
+    def on_train_end(self):
+        super().on_train_end()
+        if self.local_rank == 0:
+            stats = {"epochs": self._bench_epochs,
+                     "peak_gpu_bytes": (torch.cuda.max_memory_allocated()
+                                        if self.device.type == "cuda" else None)}
+            Path(self.output_folder, "bench_stats.json").write_text(json.dumps(stats, indent=1))
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if self._final_validation:
+            super().perform_actual_validation(save_probabilities)

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Build the nnU-Net v2 reference environment that benchmarks/run.py compares voxseg against.
+#
+#   bash benchmarks/setup_reference.sh [VENV_DIR] [--wheels DIR] [--system-torch]
+#   bash benchmarks/setup_reference.sh --download-wheels DIR [--python-version 3.12]
+#
+# VENV_DIR defaults to benchmarks/.refenv (git-ignored). Idempotent: each step checks before it acts
+# and says what it did.
+#
+# Why the dance around torch: nnunetv2 -> dynamic-network-architectures -> timm -> torchvision pins
+# a torch release, and pip would replace the local 2.13.0 CPU wheel with a multi-GB CUDA build. So
+# torch 2.13.0 goes in first and is pinned while nnunetv2 installs; torchvision is then removed
+# (PyPI's torchvision does not import beside the CPU torch, and nnU-Net's core never needs it).
+#   --system-torch   GPU machine: the venv sees the preinstalled (CUDA) torch instead.
+#   --wheels DIR     no registry: install nnunetv2 and its dependencies from DIR only.
+#   --download-wheels DIR  fill DIR with those wheels here (for a machine without a registry).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="$HERE/.refenv"
+WHEELS=""
+SYSTEM_TORCH=0
+DOWNLOAD=""
+PYVER="3.12"
+NNUNET="nnunetv2==2.8.1"
+TORCH="torch==2.13.0"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --wheels) WHEELS="$(cd "$2" && pwd)"; shift 2 ;;
+    --system-torch) SYSTEM_TORCH=1; shift ;;
+    --download-wheels) DOWNLOAD="$2"; shift 2 ;;
+    --python-version) PYVER="$2"; shift 2 ;;
+    -h|--help) sed -n 2,20p "$0"; exit 0 ;;
+    -*) echo "setup_reference: unknown option $1 (see --help)" >&2; exit 2 ;;
+    *) VENV="$1"; shift ;;
+  esac
+done
+say() { echo "[setup_reference] $*"; }
+
+if [ -n "$DOWNLOAD" ]; then
+  # Everything nnunetv2 needs except torch/torchvision/nvidia (the GPU machine brings its own torch).
+  mkdir -p "$DOWNLOAD"
+  req="$(mktemp)"; trap 'rm -f "$req"' EXIT
+  python3 - "$req" <<'EOF'
+import sys
+# Resolved against this machine's PyPI with pip's report, then filtered: torch comes preinstalled.
+import json, subprocess, tempfile
+out = tempfile.mktemp(suffix=".json")
+subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
+                "--report", out, "nnunetv2==2.8.1", "torch==2.13.0"], check=True)
+skip = ("torch", "torchvision", "triton", "nvidia-", "cuda-")
+names = [f"{i['metadata']['name']}=={i['metadata']['version']}" for i in json.load(open(out))["install"]
+         if not i["metadata"]["name"].lower().startswith(skip)]
+open(sys.argv[1], "w").write("\n".join(names) + "\n")
+EOF
+  python3 -m pip download --quiet --only-binary=:all: --python-version "$PYVER" --no-deps \
+    --dest "$DOWNLOAD" -r "$req"
+  say "wheels for Python $PYVER in $DOWNLOAD ($(ls "$DOWNLOAD" | wc -l) files, $(du -sh "$DOWNLOAD" | cut -f1))"
+  exit 0
+fi
+
+# 1. the venv
+if [ -x "$VENV/bin/python" ]; then
+  say "venv exists: $VENV"
+else
+  if [ "$SYSTEM_TORCH" = 1 ]; then python3 -m venv --system-site-packages "$VENV"; else python3 -m venv "$VENV"; fi
+  say "created venv $VENV (system torch: $SYSTEM_TORCH)"
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip --disable-pip-version-check)
+if [ -n "$WHEELS" ]; then PIP_SRC=(--no-index --find-links "$WHEELS"); else PIP_SRC=(); fi
+torch_version() { "$PY" -c "import torch; print(torch.__version__)" 2>/dev/null || true; }
+
+# 2. torch before nnunetv2, so nothing pulls a CUDA build
+if [ "$SYSTEM_TORCH" = 1 ]; then
+  say "using preinstalled torch $(torch_version)"
+elif [ "$(torch_version)" = "2.13.0+cpu" ]; then
+  say "torch 2.13.0+cpu already installed"
+else
+  "${PIP[@]}" install --quiet "$TORCH"
+  say "installed torch $(torch_version)"
+fi
+PIN="$(mktemp)"; trap 'rm -f "$PIN"' EXIT
+echo "torch==$(torch_version | cut -d+ -f1)" > "$PIN"
+
+# 3. nnunetv2 with torch pinned
+if "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('nnunetv2') != '2.8.1')" 2>/dev/null; then
+  say "nnunetv2 2.8.1 already installed"
+else
+  "${PIP[@]}" install --quiet "${PIP_SRC[@]}" -c "$PIN" "$NNUNET"
+  say "installed $NNUNET"
+fi
+
+# 4. no torchvision, CPU torch kept (or put back)
+if [ "$SYSTEM_TORCH" = 0 ]; then
+  if "$PY" -m pip show --quiet torchvision 2>/dev/null; then
+    "${PIP[@]}" uninstall --quiet -y torchvision
+    say "removed torchvision (does not import beside the CPU torch)"
+  fi
+  if [ "$(torch_version)" != "2.13.0+cpu" ]; then
+    "${PIP[@]}" install --quiet --force-reinstall --no-deps "$TORCH"
+    say "put back torch $(torch_version)"
+  fi
+fi
+
+# 5. the benchmark trainer at the top level of nnU-Net's trainer package
+TRAINER_DIR="$("$PY" -c "import nnunetv2, os; print(os.path.join(nnunetv2.__path__[0], 'training', 'nnUNetTrainer'))")"
+if cmp -s "$HERE/reference/nnUNetTrainerBench.py" "$TRAINER_DIR/nnUNetTrainerBench.py"; then
+  say "nnUNetTrainerBench up to date in $TRAINER_DIR"
+else
+  cp "$HERE/reference/nnUNetTrainerBench.py" "$TRAINER_DIR/nnUNetTrainerBench.py"
+  say "installed nnUNetTrainerBench into $TRAINER_DIR"
+fi
+
+# 6. verify: imports, trainer lookup by name, plan+preprocess on a tiny dataset in a scratch folder
+SCRATCH="$(mktemp -d)"; trap 'rm -rf "$SCRATCH" "$PIN"' EXIT
+"$PY" - <<'EOF'
+import os, nnunetv2, torch
+from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+cls = recursive_find_python_class(os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer"),
+                                  "nnUNetTrainerBench", "nnunetv2.training.nnUNetTrainer")
+assert cls is not None, "nnUNetTrainerBench not found by nnU-Net's trainer lookup"
+print(f"[setup_reference] import ok: torch {torch.__version__}, trainer {cls.__module__}")
+EOF
+"$PY" "$HERE/reference/synthetic_dataset.py" "$SCRATCH/raw/Dataset001_Tiny" --cases 3 --size 24 40 >/dev/null
+env nnUNet_raw="$SCRATCH/raw" nnUNet_preprocessed="$SCRATCH/pre" nnUNet_results="$SCRATCH/res" \
+  "$VENV/bin/nnUNetv2_plan_and_preprocess" -d 1 -c 3d_fullres -np 1 --verify_dataset_integrity \
+  > "$SCRATCH/plan.log" 2>&1 || { cat "$SCRATCH/plan.log"; say "FAILED: nnUNetv2_plan_and_preprocess"; exit 1; }
+n="$(find "$SCRATCH/pre/Dataset001_Tiny" -name '*.b2nd' -o -name '*.npz' | wc -l)"
+[ "$n" -gt 0 ] || { cat "$SCRATCH/plan.log"; say "FAILED: no preprocessed cases"; exit 1; }
+say "verified: plan+preprocess wrote $n preprocessed arrays; reference python is $PY"

@@ -1,0 +1,5 @@
+import sys
+
+from voxseg.cli.main import main
+
+sys.exit(main())

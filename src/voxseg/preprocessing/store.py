@@ -1,0 +1,90 @@
+"""The preprocessed store: one folder per configuration, a few plain files per case.
+
+Layout of ``WORK/store/<config>/``:
+``CASE.npy`` (float32, (C, *S)), ``CASE_seg.npy`` (int8/int16, (1, *S), IGNORE where not
+annotated), ``CASE_seg_<NAME>.npy`` per extra label map, ``CASE_locs.npz`` (per-class voxel
+coordinates, key "1", "2", ... and "annotated"), and ``CASE.json`` (properties, written last: a case
+without it is unfinished and is redone by the next run).
+
+Why uncompressed memory-mapped .npy instead of blosc2: the loader reads many small random patches
+per second on 2 CPU cores; a memory-mapped read touches only the pages of the patch and costs no
+decompression. Measured on this 2-core machine by ``benchmarks/bench_store.py`` (see that script's
+table, reproduced in docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from voxseg.io_utils import atomic_path, atomic_save_npy, atomic_write_json
+
+
+@dataclass
+class StoredCase:
+    case_id: str
+    image: np.ndarray
+    seg: np.ndarray
+    properties: dict
+    locations: dict[str, np.ndarray]
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.image.shape[1:])
+
+
+def label_dtype(num_classes: int) -> np.dtype:
+    return np.dtype(np.int8) if num_classes < 127 else np.dtype(np.int16)
+
+
+def write_case(
+    root: str | Path,
+    case_id: str,
+    image: np.ndarray,
+    seg: np.ndarray,
+    properties: dict,
+    locations: dict[str, np.ndarray],
+    extra: dict[str, np.ndarray] | None = None,
+) -> None:
+    """Write one case; properties go last so a half-written case is never mistaken for a finished one."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_save_npy(root / f"{case_id}.npy", image.astype(np.float32, copy=False))
+    atomic_save_npy(root / f"{case_id}_seg.npy", seg)
+    for name, arr in (extra or {}).items():
+        atomic_save_npy(root / f"{case_id}_seg_{name}.npy", arr)
+    with atomic_path(root / f"{case_id}_locs.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **{k: np.asarray(v, dtype=np.int32) for k, v in locations.items()})
+    atomic_write_json(root / f"{case_id}.json", {**properties, "case_id": case_id, "extra": sorted(extra or {})})
+
+
+class Store:
+    """Read access to ``WORK/store/<config>/``; arrays are memory-mapped read-only."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def case_ids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.stem for p in self.root.glob("*.json") if not p.name.startswith("."))
+
+    def has_case(self, case_id: str) -> bool:
+        return (self.root / f"{case_id}.json").is_file()
+
+    def properties(self, case_id: str) -> dict:
+        return json.loads((self.root / f"{case_id}.json").read_text())
+
+    def open(self, case_id: str) -> StoredCase:
+        props = self.properties(case_id)
+        image = np.load(self.root / f"{case_id}.npy", mmap_mode="r")
+        seg = np.load(self.root / f"{case_id}_seg.npy", mmap_mode="r")
+        extra = {n: np.load(self.root / f"{case_id}_seg_{n}.npy", mmap_mode="r") for n in props.get("extra", [])}
+        with np.load(self.root / f"{case_id}_locs.npz") as z:
+            locations = {k: z[k] for k in z.files}
+        return StoredCase(case_id, image, seg, props, locations, extra)

@@ -1,0 +1,1 @@
+"""voxseg.training"""

@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny demo datasets built once per session, and the real scans beside the repo."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests share 2 cores with each other's worker processes; one thread per process keeps them fast.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "pyradiomics").is_dir():
+        pytest.skip("../shared/data (real scans) not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory) -> Path:
+    """4 training + 2 test cases, 24-40 voxels per axis."""
+    from voxseg.data.demo import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "raw", cases=4, test_cases=2, seed=1, size_range=(24, 40))
+
+
+@pytest.fixture(scope="session")
+def demo_dataset_ignore(tmp_path_factory) -> Path:
+    from voxseg.data.demo import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp("demo_ign") / "raw", cases=4, seed=2, size_range=(24, 40), ignore_fraction=0.4)

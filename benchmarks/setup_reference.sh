@@ -12,8 +12,8 @@
 # torch 2.13.0 goes in first and is pinned while nnunetv2 installs; torchvision is then removed
 # (PyPI's torchvision does not import beside the CPU torch, and nnU-Net's core never needs it).
 #   --system-torch   GPU machine: the venv sees the preinstalled (CUDA) torch instead.
-#   --wheels DIR     no registry: install nnunetv2 and its dependencies from DIR only.
-#   --download-wheels DIR  fill DIR with those wheels here (for a machine without a registry).
+#   --wheels DIR     no registry: install DIR/*.whl (--no-index --no-deps) instead of from PyPI.
+#   --download-wheels DIR  fill DIR here with the wheels a GPU machine lacks (for --wheels there).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -36,26 +36,24 @@ while [ $# -gt 0 ]; do
   esac
 done
 say() { echo "[setup_reference] $*"; }
+# this machine's pip config names local index folders that may be missing; their warnings are noise
+quiet_pip() { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 if [ -n "$DOWNLOAD" ]; then
-  # Everything nnunetv2 needs except torch/torchvision/nvidia (the GPU machine brings its own torch).
+  # Only what the GPU image lacks (it has numpy, scipy, scikit-image, pandas, matplotlib, timm, ...;
+  # see the device docs), pinned to what nnunetv2==2.8.1 resolved to here. Installed there with
+  # --no-deps; imagecodecs (26 MB, only tifffile's optional codecs) is left out to stay near the
+  # 64 MiB a device call can carry. acvl_utils ships no wheel: built here (pure Python).
   mkdir -p "$DOWNLOAD"
-  req="$(mktemp)"; trap 'rm -f "$req"' EXIT
-  python3 - "$req" <<'EOF'
-import sys
-# Resolved against this machine's PyPI with pip's report, then filtered: torch comes preinstalled.
-import json, subprocess, tempfile
-out = tempfile.mktemp(suffix=".json")
-subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
-                "--report", out, "nnunetv2==2.8.1", "torch==2.13.0"], check=True)
-skip = ("torch", "torchvision", "triton", "nvidia-", "cuda-")
-names = [f"{i['metadata']['name']}=={i['metadata']['version']}" for i in json.load(open(out))["install"]
-         if not i["metadata"]["name"].lower().startswith(skip)]
-open(sys.argv[1], "w").write("\n".join(names) + "\n")
-EOF
-  python3 -m pip download --quiet --only-binary=:all: --python-version "$PYVER" --no-deps \
-    --dest "$DOWNLOAD" -r "$req"
-  say "wheels for Python $PYVER in $DOWNLOAD ($(ls "$DOWNLOAD" | wc -l) files, $(du -sh "$DOWNLOAD" | cut -f1))"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version "$PYVER" \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+    --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    --platform any --dest "$DOWNLOAD" "$NNUNET" batchgenerators==0.25.5 batchgeneratorsv2==0.3.6 \
+    dynamic_network_architectures==0.4.4 blosc2==4.14.1 ndindex==1.10.1 numexpr==2.14.2 \
+    connected-components-3d==4.1.1 simpleitk==2.5.7 nibabel==5.4.2 yacs==0.1.8 graphviz==0.21 \
+    future==1.0.0 unittest2==1.1.0 argparse==1.4.0 traceback2==1.4.0 linecache2==1.0.0 2>&1 | quiet_pip
+  python3 -m pip wheel --quiet --no-deps --wheel-dir "$DOWNLOAD" acvl_utils==0.2.6 2>&1 | quiet_pip
+  say "wheels for Python $PYVER in $DOWNLOAD: $(ls "$DOWNLOAD" | wc -l) files, $(du -sh "$DOWNLOAD" | cut -f1)"
   exit 0
 fi
 
@@ -68,7 +66,6 @@ else
 fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check)
-if [ -n "$WHEELS" ]; then PIP_SRC=(--no-index --find-links "$WHEELS"); else PIP_SRC=(); fi
 torch_version() { "$PY" -c "import torch; print(torch.__version__)" 2>/dev/null || true; }
 
 # 2. torch before nnunetv2, so nothing pulls a CUDA build
@@ -77,7 +74,7 @@ if [ "$SYSTEM_TORCH" = 1 ]; then
 elif [ "$(torch_version)" = "2.13.0+cpu" ]; then
   say "torch 2.13.0+cpu already installed"
 else
-  "${PIP[@]}" install --quiet "$TORCH"
+  "${PIP[@]}" install --quiet "$TORCH" 2>&1 | quiet_pip
   say "installed torch $(torch_version)"
 fi
 PIN="$(mktemp)"; trap 'rm -f "$PIN"' EXIT
@@ -87,7 +84,12 @@ echo "torch==$(torch_version | cut -d+ -f1)" > "$PIN"
 if "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('nnunetv2') != '2.8.1')" 2>/dev/null; then
   say "nnunetv2 2.8.1 already installed"
 else
-  "${PIP[@]}" install --quiet "${PIP_SRC[@]}" -c "$PIN" "$NNUNET"
+  if [ -n "$WHEELS" ]; then
+    # the device machine: its preinstalled packages stand in for the rest of nnU-Net's needs
+    "${PIP[@]}" install --quiet --no-index --no-deps "$WHEELS"/*.whl
+  else
+    "${PIP[@]}" install --quiet -c "$PIN" "$NNUNET" 2>&1 | quiet_pip
+  fi
   say "installed $NNUNET"
 fi
 
@@ -98,7 +100,7 @@ if [ "$SYSTEM_TORCH" = 0 ]; then
     say "removed torchvision (does not import beside the CPU torch)"
   fi
   if [ "$(torch_version)" != "2.13.0+cpu" ]; then
-    "${PIP[@]}" install --quiet --force-reinstall --no-deps "$TORCH"
+    "${PIP[@]}" install --quiet --force-reinstall --no-deps "$TORCH" 2>&1 | quiet_pip
     say "put back torch $(torch_version)"
   fi
 fi

@@ -119,8 +119,11 @@ def test_slabs_and_cpu_accumulation_match_device_accumulation():
     model = conv_model(3, 1, 3, seed=4)
     image = torch.randn(1, 19, 12, 10)
     full = sliding_window(model, image, (8, 8, 8), 3, tile_batch=3)
-    slab = sliding_window(model, image, (8, 8, 8), 3, tile_batch=3, slabs=True, accumulate_device="cpu")
+    slab = sliding_window(model, image, (8, 8, 8), 3, tile_batch=3, slabs=True)
+    cpu = sliding_window(model, image, (8, 8, 8), 3, tile_batch=2, accumulate_device="cpu")
+    assert slab.device.type == "cpu"
     torch.testing.assert_close(slab, full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cpu, full, rtol=1e-5, atol=1e-6)
 
 
 def test_precision_runs_under_autocast():

@@ -7,8 +7,9 @@ reference venv, which keeps a CPU torch) would fail before a nested copy were re
 
 nnU-Net constructs trainers by name from its CLI, so the only way to hand it run lengths is the
 environment (read once, in ``__init__``):
-  VOXSEG_BENCH_ITERS      training iterations per epoch (default 20)
-  VOXSEG_BENCH_EPOCHS     epochs (default 1)
+  VOXSEG_BENCH_ITERS        timed training iterations (default 20)
+  VOXSEG_BENCH_WARMUP_ITERS untimed iterations before them, as a first epoch of their own
+                            (default 0: one epoch only)
   VOXSEG_BENCH_VAL_ITERS  validation iterations per epoch (default 2)
   VOXSEG_BENCH_FINAL_VAL  "1" runs nnU-Net's sliding-window validation at the end (default off)
 
@@ -36,8 +37,10 @@ class nnUNetTrainerBench(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_iterations_per_epoch = _env_int("VOXSEG_BENCH_ITERS", 20)
-        self.num_epochs = _env_int("VOXSEG_BENCH_EPOCHS", 1)
+        self._timed_iters = _env_int("VOXSEG_BENCH_ITERS", 20)
+        self._warmup_iters = _env_int("VOXSEG_BENCH_WARMUP_ITERS", 0)
+        self.num_epochs = 2 if self._warmup_iters > 0 else 1
+        self.num_iterations_per_epoch = self._timed_iters
         self.num_val_iterations_per_epoch = _env_int("VOXSEG_BENCH_VAL_ITERS", 2)
         self._final_validation = os.environ.get("VOXSEG_BENCH_FINAL_VAL", "0") == "1"
         self._bench_epochs: list[dict] = []
@@ -45,6 +48,9 @@ class nnUNetTrainerBench(nnUNetTrainer):
         self._epoch_start = 0.0
 
     def on_train_epoch_start(self):
+        # run_training reads num_iterations_per_epoch after this hook, so epochs may differ in length
+        warm = self._warmup_iters > 0 and self.current_epoch == 0
+        self.num_iterations_per_epoch = self._warmup_iters if warm else self._timed_iters
         super().on_train_epoch_start()
         self._step_seconds = 0.0
         self._epoch_start = time.perf_counter()

@@ -13,7 +13,7 @@ import sys
 from voxseg import __version__
 from voxseg.errors import VoxsegError
 
-COMMAND_MODULES = ("data", "demo")
+COMMAND_MODULES = ("data", "plan", "train", "predict", "evaluate", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

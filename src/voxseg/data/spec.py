@@ -93,7 +93,7 @@ def _read_json(root: Path) -> dict:
     return meta
 
 
-def _parse_labels(root: Path, raw: object) -> tuple[dict[str, int], int | None, dict[str, tuple[int, ...]] | None]:
+def parse_labels(root: Path, raw: object) -> tuple[dict[str, int], int | None, dict[str, tuple[int, ...]] | None]:
     if not isinstance(raw, dict) or not raw:
         raise _fail(root, "key 'labels' missing or empty", 'add "labels": {"background": 0, "organ": 1}')
     labels: dict[str, int] = {}
@@ -139,7 +139,7 @@ def load_dataset(root: str | Path) -> DatasetSpec:
     if [int(k) for k in order] != list(range(len(order))):
         raise _fail(root, f"'channel_names' keys must be 0..{len(order) - 1}", "number channels consecutively from 0")
     channel_names = tuple(str(channels[k]) for k in order)
-    labels, ignore, regions = _parse_labels(root, meta.get("labels"))
+    labels, ignore, regions = parse_labels(root, meta.get("labels"))
     ending = meta.get("file_ending")
     if not isinstance(ending, str) or not ending.startswith("."):
         raise _fail(root, "key 'file_ending' missing or not like '.nii.gz'", 'add "file_ending": ".nii.gz"')

@@ -154,16 +154,17 @@ def mean_metrics(per_case: Sequence[Mapping[str, Mapping[str, float]]]) -> dict[
     out = {}
     for key in keys:
         names = {m: None for case in per_case if key in case for m in case[key]}
-        out[key] = {m: _nanmean([case[key][m] for case in per_case if key in case and m in case[key]]) for m in names}
+        out[key] = {m: nanmean([case[key][m] for case in per_case if key in case and m in case[key]]) for m in names}
     return out
 
 
 def foreground_mean(means: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """Mean over labels of the per-label means (nnU-Net's `foreground_mean`)."""
     names = {m: None for v in means.values() for m in v}
-    return {m: _nanmean([v[m] for v in means.values() if m in v]) for m in names}
+    return {m: nanmean([v[m] for v in means.values() if m in v]) for m in names}
 
 
-def _nanmean(values: Sequence[float]) -> float:
+def nanmean(values: Sequence[float]) -> float:
+    """Mean ignoring NaN; NaN (without numpy's warning) when every value is NaN or none are given."""
     a = np.asarray(values, dtype=float)
     return float(np.nanmean(a)) if a.size and not np.isnan(a).all() else float("nan")

@@ -136,7 +136,7 @@ def sliding_window(
     `tile_batch` tiles x 2^len(mirror_axes) flipped copies. `mirror_axes` are spatial axis indices.
     `accumulate_device` (default: the image's device) holds the result; with `slabs=True` each row
     of tiles along axis 0 is accumulated on the compute device first and then added to the result on
-    `accumulate_device` (choose with `plan_accumulation`). `precision` (e.g. torch.float16) runs
+    `accumulate_device` (default then: the CPU). Choose the mode with `plan_accumulation`. `precision` (e.g. torch.float16) runs
     `predict_fn` under autocast; accumulation is always float32.
     """
     ndim = len(patch_size)
@@ -148,7 +148,10 @@ def sliding_window(
     if tile_batch < 1:
         raise SettingsError(f"tile_batch {tile_batch} must be >= 1", fix="use 1 or more tiles per forward pass")
     device = image.device
-    acc_device = torch.device(accumulate_device) if accumulate_device is not None else device
+    if accumulate_device is not None:
+        acc_device = torch.device(accumulate_device)
+    else:  # slabs exist to keep the full volume off the device
+        acc_device = torch.device("cpu") if slabs else device
     flips = mirror_combinations(mirror_axes, ndim)
 
     padded, crop = _pad_to_patch(image, patch_size)

@@ -22,6 +22,10 @@ def per_sample(weights: torch.Tensor, ndim: int) -> torch.Tensor:
     return weights.float().reshape(-1, *([1] * (ndim - 1)))
 
 
+def weight_tensor(class_weights: list[float] | None) -> torch.Tensor | None:
+    return None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+
+
 def masked_mean(
     values: torch.Tensor, voxel_weights: torch.Tensor, sample_weights: torch.Tensor | None
 ) -> torch.Tensor:
@@ -38,8 +42,7 @@ class CELoss(nn.Module):
 
     def __init__(self, class_weights: list[float] | None = None):
         super().__init__()
-        weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
-        self.register_buffer("class_weights", weights, persistent=False)
+        self.register_buffer("class_weights", weight_tensor(class_weights), persistent=False)
 
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, sample_weights: torch.Tensor | None = None
@@ -57,14 +60,14 @@ class CELoss(nn.Module):
 
 
 class BCELoss(nn.Module):
-    """Binary cross-entropy on one logit channel; ``target`` (B, 1, *S) holds 0, 1 or IGNORE."""
+    """Binary cross-entropy on one logit channel; positives are ``target > 0``, IGNORE masked."""
 
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, sample_weights: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         annotated = target != IGNORE
         per_voxel = F.binary_cross_entropy_with_logits(
-            logits.float(), target.clamp_min(0).float(), reduction="none"
+            logits.float(), (target > 0).float(), reduction="none"
         )
         return {"loss": masked_mean(per_voxel * annotated, annotated.float(), sample_weights)}
 
@@ -73,7 +76,10 @@ class MSELoss(nn.Module):
     """Squared error of a one-channel output against the target value; IGNORE voxels masked."""
 
     def forward(
-        self, prediction: torch.Tensor, target: torch.Tensor, sample_weights: torch.Tensor | None = None
+        self,
+        prediction: torch.Tensor,
+        target: torch.Tensor,
+        sample_weights: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         annotated = target != IGNORE
         per_voxel = (prediction.float() - target.float()) ** 2

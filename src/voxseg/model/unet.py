@@ -89,9 +89,12 @@ class _Ops:
     norm: str
     dropout: float
 
-    def conv(self, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int]) -> nn.Module:
+    def conv(
+        self, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int], bias: bool = True
+    ) -> nn.Module:
         cls = nn.Conv3d if self.dims == 3 else nn.Conv2d
-        return cls(cin, cout, tuple(kernel), tuple(stride), padding=tuple(k // 2 for k in kernel))
+        padding = tuple(k // 2 for k in kernel)
+        return cls(cin, cout, tuple(kernel), tuple(stride), padding=padding, bias=bias)
 
     def conv_transpose(self, cin: int, cout: int, stride: Sequence[int]) -> nn.Module:
         cls = nn.ConvTranspose3d if self.dims == 3 else nn.ConvTranspose2d
@@ -115,8 +118,8 @@ class _Ops:
             layers.append(nn.LeakyReLU(1e-2, inplace=True))
         return nn.Sequential(*layers)
 
-    def pointwise(self, cin: int, cout: int) -> nn.Module:
-        return self.conv(cin, cout, (1,) * self.dims, (1,) * self.dims)
+    def pointwise(self, cin: int, cout: int, bias: bool = True) -> nn.Module:
+        return self.conv(cin, cout, (1,) * self.dims, (1,) * self.dims, bias)
 
 
 class PlainEncoder(nn.Module):
@@ -149,7 +152,9 @@ class PlainEncoder(nn.Module):
 class ResidualBlock(nn.Module):
     """Two convs plus shortcut (ResNet-D: average-pool before the 1x1 projection when striding)."""
 
-    def __init__(self, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int], ops: _Ops):
+    def __init__(
+        self, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int], ops: _Ops
+    ):
         super().__init__()
         self.conv1 = ops.conv_block(cin, cout, kernel, stride)
         self.conv2 = ops.conv_block(cout, cout, kernel, (1,) * ops.dims, act=False)
@@ -158,7 +163,8 @@ class ResidualBlock(nn.Module):
             pool = nn.AvgPool3d if ops.dims == 3 else nn.AvgPool2d
             shortcut.append(pool(tuple(stride), tuple(stride)))
         if cin != cout:
-            shortcut += [ops.pointwise(cin, cout), ops.norm_layer(cout)]
+            # no bias: the norm right after it has its own shift (as in nnU-Net's ResEnc)
+            shortcut += [ops.pointwise(cin, cout, bias=False), ops.norm_layer(cout)]
         self.shortcut = nn.Sequential(*shortcut)
         self.act = nn.LeakyReLU(1e-2, inplace=True)
 
@@ -206,7 +212,9 @@ class Decoder(nn.Module):
         ups, stages = [], []
         for d in range(topo.n_stages - 1):
             below, here = topo.n_stages - 1 - d, topo.n_stages - 2 - d
-            ups.append(ops.conv_transpose(topo.features[below], topo.features[here], topo.strides[below]))
+            ups.append(
+                ops.conv_transpose(topo.features[below], topo.features[here], topo.strides[below])
+            )
             blocks = [
                 ops.conv_block(
                     2 * topo.features[here] if i == 0 else topo.features[here],

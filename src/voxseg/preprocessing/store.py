@@ -8,8 +8,16 @@ without it is unfinished and is redone by the next run).
 
 Why uncompressed memory-mapped .npy instead of blosc2: the loader reads many small random patches
 per second on 2 CPU cores; a memory-mapped read touches only the pages of the patch and costs no
-decompression. Measured on this 2-core machine by ``benchmarks/bench_store.py`` (see that script's
-table, reproduced in docs/benchmarks.md).
+decompression. Measured on this 2-core machine by ``benchmarks/bench_store.py`` (one CT-like case
+[1,120,240,240] float32 + int8 label, 200 random [72,80,80] patch reads of image + label, warm
+page cache):
+
+    format                 disk MB  median ms  p95 ms  full read ms
+    npy (mmap)                34.6       0.71    0.99           9.6
+    blosc2 4.14.1 LZ4HC       19.7       3.67    5.04          55.6
+
+npy reads patches 5x faster for 1.75x the disk; on 2 cores the loader's CPU time is the scarce
+resource, disk is not.
 """
 
 from __future__ import annotations

@@ -154,16 +154,25 @@ class PatchSampler:
 
 
 def _copy_box(src: np.ndarray, z: int | None, lower: Sequence[int], out: np.ndarray, fill: float) -> None:
-    """out[:] = src[:, (z,) box] with the part of the box outside `src` set to `fill`."""
+    """out[:] = src[:, (z,) box] with the part of the box outside `src` set to `fill`.
+
+    Each output voxel is written once: the copy, then only the slabs outside the image (a full
+    fill first would cost another pass over the whole patch, ~25% of the crop).
+    """
     plane = src[:, z] if z is not None else src
     shape = plane.shape[1:]
     src_idx, dst_idx = [slice(None)], [slice(None)]
-    inside = True
     for lo, n, s in zip(lower, out.shape[1:], shape):
-        a, b = max(lo, 0), min(lo + n, s)
-        inside &= a == lo and b == lo + n
+        a, b = min(max(lo, 0), s), max(min(lo + n, s), 0)
+        start = min(max(a - lo, 0), n)  # box wholly outside the image: an empty range at an end
         src_idx.append(slice(a, max(a, b)))
-        dst_idx.append(slice(a - lo, a - lo + max(0, b - a)))
-    if not inside:
-        out.fill(fill)
+        dst_idx.append(slice(start, start + max(0, b - a)))
     out[tuple(dst_idx)] = plane[tuple(src_idx)]
+    for axis, d in enumerate(dst_idx[1:], start=1):
+        # Slabs before/after the copied range on this axis, over the full range of later axes
+        # and the copied range of earlier ones (those parts are done by their own axis).
+        head = tuple(dst_idx[1:axis])
+        if d.start > 0:
+            out[(slice(None), *head, slice(0, d.start))] = fill
+        if d.stop < out.shape[axis]:
+            out[(slice(None), *head, slice(d.stop, None))] = fill

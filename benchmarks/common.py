@@ -1,0 +1,259 @@
+"""Shared helpers for the benchmark suite, and the convention every ``bench_*.py`` follows.
+
+Convention (``benchmarks/run.py`` relies on it)
+------------------------------------------------
+Each stage script ``benchmarks/bench_<stage>.py`` (stages: preprocess, loader, augment, train,
+predict) exposes two functions and may be run on its own as well:
+
+    run_ours(**kw) -> dict                 # voxseg's side
+    run_reference(python, **kw) -> dict    # nnU-Net's side; ``python`` is the reference venv's
+                                           # interpreter (benchmarks/.refenv/bin/python)
+
+Both return a flat dict of metric -> number (``None`` when not measured) with the SAME keys on
+both sides, so run.py can print them as ours / theirs / ratio. A value that is a ``str`` is not a
+metric but a hand-over (``"pred_dir"``). Both accept ``**_`` and ignore keywords they do not use,
+so run.py can add keywords without breaking them. Keywords run.py passes to every stage:
+
+    raw: Path        nnU-Net raw dataset folder ``.../DatasetNNN_Name`` (imagesTr, labelsTr,
+                     dataset.json; imagesTs/labelsTs hold the held-out cases). Never written to.
+    work: Path       this side's scratch folder, the SAME for all stages of one run: a stage may
+                     reuse what an earlier one left there (preprocess -> store/plans, train ->
+                     model for predict) and must rebuild it when absent.
+    device: str      "cpu" | "cuda"
+    workers: int     data-loading / preprocessing worker processes
+    patch: tuple     patch size (z, y, x), e.g. (72, 80, 80) -- used by every stage that samples
+    batch: int       batch size
+    iterations: int  timed training iterations (train), batches timed (loader, augment)
+    warmup: int      train only: untimed iterations before the timed ones (start-up, compile);
+                     the model predict uses has had warmup + iterations steps on both sides
+    quick: bool      the --quick run: keep it short
+
+Keys each stage returns (:data:`METRICS`; lower is better unless in :data:`HIGHER_IS_BETTER`):
+    preprocess  wall_s, peak_rss_mb          (peak RSS of the largest single process, in MB)
+    loader      patches_per_s
+    augment     ms_per_batch
+    train       ms_per_it (end to end, data wait included), data_wait_share, peak_rss_mb,
+                peak_gpu_mb
+    predict     s_per_case_tta, s_per_case_no_tta, peak_rss_mb, and "pred_dir" (str):
+                predictions of imagesTs, which run.py scores (dice, hd95) with
+                :func:`score_predictions`.
+
+nnU-Net's side runs in its own venv through the scripts in ``benchmarks/reference/``. The usual
+``run_reference`` is one line: ``return common.run_nnunet("loader", python, **kw)``; other
+scripts go through :func:`run_reference_script`, which returns the ONE JSON line each prints.
+Those scripts point nnU-Net's folder variables (nnUNet_raw, nnUNet_preprocessed, nnUNet_results)
+into ``work`` themselves, so nothing here or in a user's shell is changed globally.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+REFERENCE_DIR = BENCH_DIR / "reference"
+DEFAULT_REFENV = BENCH_DIR / ".refenv"
+STAGES = ("preprocess", "loader", "augment", "train", "predict")
+METRICS = {
+    "preprocess": ("wall_s", "peak_rss_mb"),
+    "loader": ("patches_per_s",),
+    "augment": ("ms_per_batch",),
+    "train": ("ms_per_it", "data_wait_share", "peak_rss_mb", "peak_gpu_mb"),
+    "predict": ("s_per_case_tta", "s_per_case_no_tta", "peak_rss_mb", "dice", "hd95"),
+}
+HIGHER_IS_BETTER = {"patches_per_s", "dice"}
+
+
+def reference_python(venv: Path = DEFAULT_REFENV) -> Path | None:
+    """The reference venv's interpreter, or None when setup_reference.sh has not been run."""
+    py = Path(venv) / "bin" / "python"
+    return py if py.exists() else None
+
+
+def run_reference_script(python: str | Path, script: str, *args: object,
+                         timeout: float | None = None, env: dict[str, str] | None = None) -> dict:
+    """Run ``benchmarks/reference/<script>`` with the reference python; return its JSON line.
+
+    The script's last stdout line that parses as a JSON object is the result; on failure the
+    error names the command and shows the end of its output, since the script's traceback lives
+    in another interpreter.
+    """
+    cmd = [str(python), str(REFERENCE_DIR / script), *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    for line in reversed(proc.stdout.splitlines()):
+        line = line.strip()
+        if proc.returncode == 0 and line.startswith("{"):
+            return json.loads(line)
+    tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
+    raise RuntimeError(f"reference script failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+
+
+def run_nnunet(stage: str, python: str | Path, *, raw: Path, work: Path, device: str = "cpu",
+               workers: int = 2, patch: tuple[int, ...] = (72, 80, 80), batch: int = 2,
+               iterations: int = 20, warmup: int = 0, timeout: float | None = None, **_) -> dict:
+    """nnU-Net's side of preprocess, loader, train or predict with the run.py keywords.
+
+    (Augmentation has its own reference script, benchmarks/bench_augment_reference.py.)
+
+    preprocess also writes the bench plans (patch/batch) that loader/train/predict use; each later
+    stage preprocesses on its own when ``work`` has nothing yet.
+    """
+    patch_args = ["--patch", *patch, "--batch", batch]
+    args: dict[str, list] = {
+        "preprocess": ["--np", workers, *patch_args],
+        "loader": [*patch_args, "--workers", workers, "--batches", iterations],
+        "train": [*patch_args, "--workers", workers, "--iterations", iterations, "--warmup", warmup,
+                  "--device", device],
+        "predict": ["--workers", workers, "--device", device],
+    }
+    script = {"preprocess": "plan_preprocess.py"}.get(stage, f"{stage}.py")
+    return run_reference_script(python, script, raw, work, *args[stage], timeout=timeout)
+
+
+def make_nnunet_raw(dataset: Path, raw_root: Path, dataset_id: int = 901,
+                    name: str = "VoxsegDemo") -> Path:
+    """Expose one of our raw datasets as ``raw_root/DatasetNNN_Name`` for nnU-Net.
+
+    Our raw format IS nnU-Net's, so symlinks suffice; nothing is copied or modified.
+    """
+    dataset = Path(dataset).resolve()
+    target = Path(raw_root) / f"Dataset{dataset_id:03d}_{name}"
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in ("dataset.json", "imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        src, dst = dataset / entry, target / entry
+        if src.exists() and not dst.exists():
+            dst.symlink_to(src, target_is_directory=src.is_dir())
+    return target
+
+
+def header(device: str, python: Path | None = None) -> dict[str, str]:
+    """Machine, versions and date printed above every table."""
+    import torch
+    info = {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPU cores",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "voxseg": _version("voxseg"),
+        "device": device,
+    }
+    if device == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    if python is not None:
+        out = subprocess.run([str(python), "-c", "import importlib.metadata as m, torch;"
+                              "print(m.version('nnunetv2'), f'(torch {torch.__version__})')"],
+                             capture_output=True, text=True)
+        info["nnunetv2"] = out.stdout.strip() or "unavailable"
+    return info
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def median_over(fn: Callable[[], dict], repeats: int) -> dict:
+    """Call ``fn`` ``repeats`` times; numbers become their median, other values the last one's."""
+    runs = [fn() for _ in range(max(1, repeats))]
+    out = dict(runs[-1])
+    for key, value in out.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            vals = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+            out[key] = statistics.median(vals)
+    return out
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process and of its largest finished child, in MB.
+
+    ru_maxrss is per process, so worker pools count as their largest member, not their sum.
+    """
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, child) / 1024.0
+
+
+@dataclass
+class Row:
+    stage: str
+    metric: str
+    ours: float | str | None
+    theirs: float | str | None
+
+
+def _cell(v: float | str | None) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+
+
+def format_table(rows: list[Row], info: dict[str, str]) -> str:
+    """Markdown table: stage, metric, ours, theirs, ours/theirs and which side is better."""
+    lines = [f"- {k}: {v}" for k, v in info.items()]
+    lines += ["", "| stage | metric | ours | nnU-Net | ours/nnU-Net | better |",
+              "|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio, better = "", ""
+        if isinstance(r.ours, (int, float)) and isinstance(r.theirs, (int, float)) and r.theirs:
+            ratio = f"{r.ours / r.theirs:.2f}"
+            up = r.metric in HIGHER_IS_BETTER
+            if r.ours != r.theirs:
+                better = "ours" if (r.ours > r.theirs) == up else "nnU-Net"
+        lines.append(f"| {r.stage} | {r.metric} | {_cell(r.ours)} | {_cell(r.theirs)} | {ratio} | {better} |")
+    return "\n".join(lines)
+
+
+def score_predictions(pred_dir: Path, label_dir: Path, num_classes: int) -> dict[str, float]:
+    """Mean foreground Dice and HD95 (mm) over the cases of ``label_dir`` and classes 1..K-1.
+
+    Both sides are scored by this one function so the comparison does not depend on two
+    evaluators agreeing. A class absent from both prediction and label is skipped (nnU-Net's
+    NaN); HD95 is skipped when either side is empty, since it is undefined there.
+    """
+    import SimpleITK as sitk
+    dices, hds = [], []
+    for lab_path in sorted(Path(label_dir).iterdir()):
+        pred_path = Path(pred_dir) / lab_path.name
+        if not pred_path.exists():
+            raise FileNotFoundError(f"{pred_path}: prediction missing for {lab_path.name}")
+        lab_img = sitk.ReadImage(str(lab_path))
+        lab = sitk.GetArrayFromImage(lab_img)
+        pred = sitk.GetArrayFromImage(sitk.ReadImage(str(pred_path)))
+        spacing = lab_img.GetSpacing()[::-1]
+        for k in range(1, num_classes):
+            p, g = pred == k, lab == k
+            denom = p.sum() + g.sum()
+            if denom == 0:
+                continue
+            dices.append(2.0 * np.logical_and(p, g).sum() / denom)
+            if p.any() and g.any():
+                hds.append(_hd95(p, g, spacing))
+    return {"dice": float(np.mean(dices)) if dices else None,
+            "hd95": float(np.mean(hds)) if hds else None}
+
+
+def _hd95(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """95th percentile of the symmetric surface distances between two non-empty masks."""
+    from scipy import ndimage
+    def surface(m: np.ndarray) -> np.ndarray:
+        return m & ~ndimage.binary_erosion(m, border_value=0)
+    sa, sb = surface(a), surface(b)
+    da = ndimage.distance_transform_edt(~sa, sampling=spacing)
+    db = ndimage.distance_transform_edt(~sb, sampling=spacing)
+    return float(np.percentile(np.concatenate([db[sa], da[sb]]), 95))
+

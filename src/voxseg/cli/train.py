@@ -1,0 +1,43 @@
+"""`voxseg train WORK_DIR CONFIG FOLD|all [--settings F] [--set k=v ...] [--trainer T] [--resume]`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one configuration on one fold (or all)")
+    p.add_argument("work_dir", type=Path)
+    p.add_argument("config", help="configuration from plans.json, e.g. 3d_fullres or 2d")
+    p.add_argument("fold", help="fold index from splits.json, or 'all'")
+    p.add_argument("--settings", type=Path, default=None, help="YAML file with settings groups")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one setting, e.g. training.epochs=50 (repeatable)")
+    p.add_argument("--trainer", default="default", help="registered name, package.module:Class or path/file.py:Class")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--resume", action="store_true", help="continue from checkpoint_latest.pt")
+    p.add_argument("--name", default=None, help="run name instead of the settings hash")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs on this node: >1 relaunches under torchrun")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    if args.gpus > 1 and "RANK" not in os.environ:
+        argv, skip = [], False
+        for a in sys.argv[1:]:
+            if skip or a == "--gpus":
+                skip = not skip
+                continue
+            if not a.startswith("--gpus="):
+                argv.append(a)
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.gpus}", "-m", "voxseg", *argv]
+        os.execv(sys.executable, cmd)
+    from voxseg.training.run import train
+    from voxseg.training.settings import load_settings
+
+    settings = load_settings(args.settings, args.overrides)
+    run_dir = train(args.work_dir, args.config, args.fold, settings, trainer=args.trainer, device=args.device, resume=args.resume, name=args.name)
+    print(f"done: {run_dir}")
+    return 0

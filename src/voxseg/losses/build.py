@@ -1,0 +1,85 @@
+"""The default trainer's loss: Dice+CE on ``seg`` plus one loss per extra head, all in one
+MultiHeadLoss, each wrapped for deep supervision (a single level when it is off)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from voxseg.errors import SettingsError
+from voxseg.losses.compound import DiceCELoss
+from voxseg.losses.config import LossSettings
+from voxseg.losses.deep_supervision import DeepSupervisionLoss, deep_supervision_weights
+from voxseg.losses.dice import SoftDiceLoss
+from voxseg.losses.multihead import MultiHeadLoss
+from voxseg.losses.pointwise import BCELoss, CELoss, MSELoss
+from voxseg.model.config import HeadSettings, check_head_names
+
+
+def _level_weights(settings: LossSettings, levels: int) -> list[float]:
+    explicit = settings.deep_supervision_weights
+    if explicit is not None and len(explicit) != levels:
+        raise SettingsError(
+            f"loss.deep_supervision_weights has {len(explicit)} values for {levels} outputs",
+            fix=f"give {levels} weights (full resolution first) or leave it unset",
+        )
+    return deep_supervision_weights(levels, explicit)
+
+
+def _head_loss(head: HeadSettings, settings: LossSettings, batch_dice: bool) -> nn.Module:
+    dice_options = {
+        "batch_dice": batch_dice,
+        "smooth": settings.smooth,
+        "include_background": settings.include_background,
+    }
+    if head.loss == "dice_ce":
+        return DiceCELoss(
+            dice_weight=settings.dice_weight, ce_weight=settings.ce_weight, **dice_options
+        )
+    if head.loss == "dice":
+        return SoftDiceLoss(**dice_options)
+    return {"ce": CELoss, "bce": BCELoss, "mse": MSELoss}[head.loss]()
+
+
+def build_loss(
+    loss_settings: LossSettings,
+    heads: Sequence[HeadSettings] = (),
+    *,
+    num_classes: int,
+    class_weights: list[float] | None,
+    ds_scales: Sequence[Sequence[float]] | None,
+    batch_dice: bool,
+) -> MultiHeadLoss:
+    """``class_weights``: already resolved (see ``resolve_class_weights``), applied to ``seg``.
+    ``ds_scales``: the plan's ``deep_supervision_scales`` when the network runs with deep
+    supervision, else None. ``batch_dice``: the plan's, overridden by ``loss.batch_dice``."""
+    check_head_names(heads)
+    if class_weights is not None and len(class_weights) != num_classes:
+        raise SettingsError(
+            f"{len(class_weights)} class weights for {num_classes} classes",
+            fix=f"give {num_classes} weights in loss.class_weights",
+        )
+    if loss_settings.batch_dice is not None:
+        batch_dice = loss_settings.batch_dice
+    levels = len(ds_scales) if ds_scales else 1
+    seg = DiceCELoss(
+        dice_weight=loss_settings.dice_weight,
+        ce_weight=loss_settings.ce_weight,
+        batch_dice=batch_dice,
+        smooth=loss_settings.smooth,
+        include_background=loss_settings.include_background,
+        class_weights=class_weights,
+        weight_dice_classes=loss_settings.weight_dice_classes,
+    )
+    losses: dict[str, tuple[nn.Module, float]] = {
+        "seg": (DeepSupervisionLoss(seg, _level_weights(loss_settings, levels)), 1.0)
+    }
+    for head in heads:
+        head.out_channels(num_classes)
+        weights = _level_weights(loss_settings, levels) if head.deep_supervision else [1.0]
+        losses[head.name] = (
+            DeepSupervisionLoss(_head_loss(head, loss_settings, batch_dice), weights),
+            head.weight,
+        )
+    return MultiHeadLoss(losses, {h.name: h.target for h in heads})

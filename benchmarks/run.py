@@ -47,7 +47,7 @@ class Profile:
 
 PROFILES = {
     # nnU-Net's CPU training at 72x80x80 batch 2 takes 15-60 s/it on 2 cores: keep quick tiny.
-    ("cpu", True): Profile(6, 1, (48, 96), (72, 80, 80), 2, 2, 20, 10, 3, 1,
+    ("cpu", True): Profile(6, 1, (48, 96), (72, 80, 80), 2, 2, 20, 10, 2, 1,
                            {"preprocess": 1, "loader": 1, "augment": 1}),
     ("cpu", False): Profile(20, 4, (48, 96), (72, 80, 80), 2, 2, 60, 30, 50, 5,
                             {"preprocess": 3, "loader": 3, "augment": 3}),

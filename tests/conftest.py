@@ -33,3 +33,25 @@ def demo_dataset_ignore(tmp_path_factory) -> Path:
     from voxseg.data.demo import make_demo_dataset
 
     return make_demo_dataset(tmp_path_factory.mktemp("demo_ign") / "raw", cases=4, seed=2, size_range=(24, 40), ignore_fraction=0.4)
+
+
+@pytest.fixture(scope="session")
+def tiny_work(demo_dataset, tmp_path_factory) -> Path:
+    """demo_dataset planned (3d_fullres and 2d) and preprocessed, with a narrow network so training tests are quick.
+
+    Editing plans.json by hand is a supported way to change a plan; the store does not depend on it.
+    """
+    import json
+
+    from voxseg.cli.main import main
+
+    work = tmp_path_factory.mktemp("work")
+    assert main(["plan", str(demo_dataset), "-o", str(work), "--configs", "3d_fullres,2d", "--patch-size", "16,32,32", "-j", "1"]) == 0
+    plans = json.loads((work / "plans.json").read_text())
+    for cfg in plans["configurations"].values():
+        cfg["network"]["features"] = [min(8 * 2**i, 32) for i in range(len(cfg["network"]["features"]))]
+        if cfg["dims"] == 2:
+            cfg["batch_size"] = 4
+    (work / "plans.json").write_text(json.dumps(plans, indent=2))
+    assert main(["preprocess", str(work), "-j", "1"]) == 0
+    return work

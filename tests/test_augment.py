@@ -24,7 +24,9 @@ def _seeded():
 
 NONE = AugmentationSettings.from_preset("none")
 INTENSITY_OFF = dict(noise_p=0.0, blur_p=0.0, brightness_p=0.0, contrast_p=0.0, lowres_p=0.0, gamma_inv_p=0.0, gamma_p=0.0)
-SPATIAL_ALWAYS = replace(NONE, rotation_p=1.0, scale_p=1.0, mirror_p=0.5, rotation_deg=40.0, scale_range=(0.75, 1.3))
+# worst_case: these tests check that every transform reads only real input, never padding.
+SPATIAL_ALWAYS = replace(NONE, rotation_p=1.0, scale_p=1.0, mirror_p=0.5, rotation_deg=40.0, scale_range=(0.75, 1.3),
+                         input_margin="worst_case")
 
 
 def _centre_crop(x: torch.Tensor, patch: tuple[int, ...]) -> torch.Tensor:
@@ -149,7 +151,7 @@ def test_loader_padding_becomes_background_without_ignore_label():
 
 
 def test_input_size_covers_the_worst_case_and_is_tight():
-    settings = AugmentationSettings(rotation_p=1.0, scale_p=1.0)
+    settings = AugmentationSettings(rotation_p=1.0, scale_p=1.0, input_margin="worst_case")
     patch = (16, 24, 20)
     size = input_size(patch, settings)
     g = torch.Generator().manual_seed(0)
@@ -286,3 +288,12 @@ def test_cuda_matches_cpu_parameters():
     out_gpu, (seg_gpu,) = gpu(image.cuda(), [seg.cuda()])
     assert out_gpu.device.type == "cuda" and torch.allclose(out_cpu, out_gpu.cpu(), atol=1e-4)
     assert (seg_cpu != seg_gpu.cpu()).float().mean() < 1e-3
+
+
+def test_nnunet_margin_caps_the_zoom_out_like_nnunet():
+    worst = input_size((72, 80, 80), AugmentationSettings(input_margin="worst_case"))
+    capped = input_size((72, 80, 80), AugmentationSettings())
+    assert all(c < w for c, w in zip(capped, worst))
+    assert math.prod(capped) < 0.7 * math.prod(worst)
+    no_scale = input_size((72, 80, 80), AugmentationSettings(scale_range=(0.7, 1.0)))
+    assert no_scale == input_size((72, 80, 80), AugmentationSettings(scale_range=(0.7, 1.0), input_margin="worst_case"))

@@ -65,6 +65,10 @@ class AugmentationSettings:
     elastic_magnitude: Range = (0.0, 0.2)  # max displacement as a fraction of the patch size
     elastic_grid: int = 5  # control points per axis; fewer = smoother deformation
     label_interpolation: Literal["nearest", "linear"] = "nearest"
+    # How much larger than the patch the loader's crop is. "nnunet": room for the rotations and a
+    # zoom-out up to 1/0.85 as nnU-Net sizes it (rare stronger zoom-outs read padding, which is
+    # 0 / IGNORE); "worst_case": room for every allowed transform (about 3x the voxels in 3D).
+    input_margin: Literal["nnunet", "worst_case"] = "nnunet"
     mirror_p: float = 0.5  # per axis
     mirror_axes: tuple[int, ...] | None = None  # None = every spatial axis
     # intensity: image only, after the spatial step
@@ -118,6 +122,8 @@ class AugmentationSettings:
             _bad("elastic_grid", self.elastic_grid, "an integer >= 2")
         if self.label_interpolation not in ("nearest", "linear"):
             _bad("label_interpolation", self.label_interpolation, "'nearest' or 'linear'")
+        if self.input_margin not in ("nnunet", "worst_case"):
+            _bad("input_margin", self.input_margin, "'nnunet' or 'worst_case'")
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> AugmentationSettings:

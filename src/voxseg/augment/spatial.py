@@ -105,8 +105,14 @@ def rotation_matrices(angles: Tensor, dims: int) -> Tensor:
     return result
 
 
+NNUNET_MAX_ZOOM_OUT = 1 / 0.85  # nnU-Net sizes its loader crop for this zoom-out, whatever the scale range
+
+
 def input_size(patch_size, settings: AugmentationSettings, *, in_plane_only: bool = False) -> tuple[int, ...]:
     """Smallest enlarged patch that contains every position the worst-case transform samples.
+
+    With ``input_margin="nnunet"`` the zoom-out taken into account is capped at 1/0.85 as nnU-Net
+    does, which keeps the loader's copy 3x smaller in 3D; the few stronger zoom-outs read padding.
 
     Per axis d the reach is ``sum_j |A_dj| (h_j + m_j)`` (h: half patch, m: max elastic
     displacement), maximised over the allowed angles (dense search; maxima of this sum lie at
@@ -121,6 +127,8 @@ def input_size(patch_size, settings: AugmentationSettings, *, in_plane_only: boo
         half = half + settings.elastic_magnitude[1] * patch * _plane_mask(dims, planar)
     high = settings.scale_range[1]
     s_max = 1.0 if settings.scale_p == 0 else (high if settings.scale_p == 1 else max(high, 1.0))
+    if settings.input_margin == "nnunet":
+        s_max = min(s_max, NNUNET_MAX_ZOOM_OUT)
     scale = np.where(_plane_mask(dims, planar) > 0, s_max, 1.0)
     theta = math.radians(rotation_deg(settings, tuple(patch_size), planar)) if settings.rotation_p > 0 else 0.0
     if dims == 3 and not planar:

@@ -101,7 +101,7 @@ def train(
     fold: str,
     settings: Settings,
     *,
-    trainer: str = "default",
+    trainer: str | type[Trainer] = "default",
     device: str = "auto",
     resume: bool = False,
     name: str | None = None,
@@ -114,7 +114,8 @@ def train(
     available = store.case_ids()
     if not available:
         raise InputError(f"no preprocessed cases for '{config}'", path=store.root, fix=f"run `voxseg preprocess {work_dir} --configs {config}`")
-    trainer_cls: type[Trainer] = load_trainer(trainer)
+    trainer_cls: type[Trainer] = trainer if isinstance(trainer, type) else load_trainer(trainer)
+    trainer_spec = f"{trainer.__module__}:{trainer.__qualname__}" if isinstance(trainer, type) else _absolute_trainer_spec(trainer)
     dev = resolve_device(device)
     dist = init_distributed(dev.type)
     if dist.world_size > 1 and dev.type == "cuda":
@@ -130,7 +131,7 @@ def train(
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "settings.yaml", settings.to_yaml())
-        atomic_write_json(run_dir / "run.json", {"work_dir": str(work_dir.resolve()), "config": config, "fold": fold, "trainer": trainer, "train": cases.train, "val": cases.val})
+        atomic_write_json(run_dir / "run.json", {"work_dir": str(work_dir.resolve()), "config": config, "fold": fold, "trainer": trainer_spec, "train": cases.train, "val": cases.val})
     from voxseg.data.spec import load_dataset
 
     class_names = load_dataset(plan.dataset_path).class_names if Path(plan.dataset_path).is_dir() else [str(i) for i in range(plan.num_classes)]
@@ -146,7 +147,7 @@ def train(
         class_voxel_counts=_class_counts(work_dir, cases.train, plan.num_classes),
         class_names=class_names,
         dist=dist,
-        trainer_spec=_absolute_trainer_spec(trainer),
+        trainer_spec=trainer_spec,
     )
     t = trainer_cls(ctx)
     try:

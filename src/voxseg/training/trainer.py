@@ -244,7 +244,9 @@ class Trainer:
             net = torch.compile(net)
         if self.ctx.dist.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+            # static_graph: the lowest deep-supervision output has loss weight 0 and is never used;
+            # the set of unused parameters is fixed, so DDP need not search for it every step.
+            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids, static_graph=True)
         return net
 
     def _build_val_loader(self) -> PatchLoader | None:

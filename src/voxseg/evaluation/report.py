@@ -289,9 +289,11 @@ def _case_section(case: dict, summary: dict, summary_path: Path, images_dir: Pat
         ignore = summary.get("settings", {}).get("ignore_value")
         if ignore is not None:
             ref = np.where(ref == ignore, IGNORE, ref)
-        image = None
-        if images_dir is not None and (images_dir / f"{case_id}_0000{ending}").is_file():
-            image = read_image(images_dir / f"{case_id}_0000{ending}")[0].astype(np.float32)
+        # nnU-Net layout: the image of labelsTr/CASE sits in imagesTr/CASE_0000.
+        sibling = ref_path.parent.parent / ref_path.parent.name.replace("labels", "images", 1)
+        found = [d / f"{case_id}_0000{ending}" for d in (images_dir, sibling) if d is not None]
+        image_path = next((p for p in found if p.is_file()), None)
+        image = read_image(image_path)[0].astype(np.float32) if image_path else None
         figure = f"<img src='{case_figure(image, ref, pred, geometry.spacing)}' alt='{html.escape(case_id)} overlay'>"
     return (f"<div class='case'><div class='case-head'><span class='tag {tag}'>{tag}</span><b>{html.escape(case_id)}</b>"
             f"<span class='muted'>mean Dice {_fmt(_case_score(case), 'Dice')}</span></div><div class='chips'>{chips}</div>{figure}</div>")

@@ -171,7 +171,8 @@ class Predictor:
                 out = torch.stack([self._window(net, x[:, z], cfg.patch_size, head, channels) for z in range(x.shape[1])], dim=1)
             else:
                 out = self._window(net, x, cfg.patch_size, head, channels)
-            out = activation(out.to(self.device))
+            # Stays where sliding_window accumulated it (the CPU when the device could not hold it).
+            out = activation(out)
             total = out if total is None else total + out
         return total / len(group.networks)
 
@@ -181,7 +182,7 @@ class Predictor:
         for group, (image, props) in zip(self.groups, prepared):
             p = self._group_output(group, image, "seg", self.num_classes, lambda t: torch.softmax(t, 0))
             p = restore_shape(p, props, fill_background=True)
-            probs = p if probs is None else probs + p
+            probs = p if probs is None else probs + p.to(probs.device)
         return probs / len(self.groups)
 
     def predict_heads(self, prepared: list[tuple[np.ndarray, dict]]) -> dict[str, np.ndarray]:

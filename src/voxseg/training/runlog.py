@@ -51,7 +51,8 @@ def plot_progress(path: Path, records: list[dict[str, Any]]) -> None:
     axes[2].set_xlabel("epoch")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90)

@@ -78,7 +78,8 @@ def _fail(root: Path, message: str, fix: str) -> DatasetError:
     return DatasetError(message, path=root / "dataset.json", fix=fix)
 
 
-def _read_json(root: Path) -> dict:
+def read_dataset_json(root: Path) -> dict:
+    """dataset.json of a dataset folder as a dict; DatasetError naming the problem otherwise."""
     if not root.is_dir():
         raise DatasetError("dataset folder not found", path=root, fix="pass the folder that holds dataset.json and imagesTr/")
     path = root / "dataset.json"
@@ -128,7 +129,7 @@ def parse_labels(root: Path, raw: object) -> tuple[dict[str, int], int | None, d
 def load_dataset(root: str | Path) -> DatasetSpec:
     """Parse dataset.json and list the cases; raises DatasetError naming the key or folder."""
     root = Path(root).resolve()
-    meta = _read_json(root)
+    meta = read_dataset_json(root)
     channels = meta.get("channel_names", meta.get("modality"))
     if not isinstance(channels, dict) or not channels:
         raise _fail(root, "key 'channel_names' missing or empty", 'add "channel_names": {"0": "CT"}')

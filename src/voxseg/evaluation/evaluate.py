@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from voxseg.data.io import Geometry, read_image
-from voxseg.data.spec import parse_labels, map_label_values
+from voxseg.data.spec import map_label_values, parse_labels, read_dataset_json
 from voxseg.errors import InputError
 from voxseg.evaluation.metrics import ALL_METRICS, compute_metrics, foreground_mean, label_key, mean_metrics
 from voxseg.io_utils import atomic_write_json, atomic_write_text
@@ -46,10 +45,7 @@ def load_label_setup(dataset_json: str | Path) -> LabelSetup:
         path = path / "dataset.json"
     if not path.is_file():
         raise InputError("dataset.json not found", path=path, fix="pass -d DATASET_FOLDER/dataset.json")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"invalid JSON at line {e.lineno}: {e.msg}", path=path, fix="fix the JSON syntax") from None
+    meta = read_dataset_json(path.parent)
     labels, ignore, regions = parse_labels(path.parent, meta.get("labels"))
     ending = meta.get("file_ending")
     if not isinstance(ending, str) or not ending.startswith("."):

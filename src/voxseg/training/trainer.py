@@ -158,7 +158,7 @@ class Trainer:
             self.ctx.store,
             sampler,
             patch_size=self.ctx.config.patch_size,
-            batch_size=self._local_batch(),
+            batch_size=self.local_batch_size(),
             input_size=self.augmenter.input_size(),
             has_ignore=self.ctx.plan.has_ignore,
             settings=s,
@@ -228,7 +228,8 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _local_batch(self) -> int:
+    def local_batch_size(self) -> int:
+        """This process's share of the global batch (the global batch over DDP ranks)."""
         world = self.ctx.dist.world_size
         if self.batch_size % world:
             raise SettingsError(
@@ -267,7 +268,7 @@ class Trainer:
             self.ctx.store,
             sampler,
             patch_size=self.ctx.config.patch_size,
-            batch_size=self._local_batch(),
+            batch_size=self.local_batch_size(),
             input_size=self.val_augmenter.input_size(),
             has_ignore=self.ctx.plan.has_ignore,
             settings=s,

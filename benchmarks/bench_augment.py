@@ -71,6 +71,16 @@ def reference_ms(python: str | None, patch: tuple[int, ...], iters: int) -> str:
     return f"{result['ms_per_batch']:.1f}"
 
 
+def run_ours(*, device: str = "cpu", patch=CPU_PATCH, iterations: int = 20, **_) -> dict:
+    """The suite's convention (benchmarks/common.py): ms per batch of the default preset."""
+    return {"ms_per_batch": time_augmenter(AugmentationSettings(), tuple(patch), torch.device(device), iterations)}
+
+
+def run_reference(python: str | Path, *, patch=CPU_PATCH, iterations: int = 20, **_) -> dict:
+    ms = reference_ms(str(python), tuple(patch), iterations)
+    return {"ms_per_batch": None if ms == "n/a" else float(ms)}
+
+
 def speed_table(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     default = AugmentationSettings()

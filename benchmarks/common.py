@@ -50,7 +50,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 from dataclasses import dataclass
@@ -174,16 +173,6 @@ def median_over(fn: Callable[[], dict], repeats: int) -> dict:
             vals = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
             out[key] = statistics.median(vals)
     return out
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process and of its largest finished child, in MB.
-
-    ru_maxrss is per process, so worker pools count as their largest member, not their sum.
-    """
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, child) / 1024.0
 
 
 @dataclass

@@ -57,15 +57,23 @@ if [ -n "$DOWNLOAD" ]; then
   exit 0
 fi
 
-# 1. the venv
+# 1. the environment: a venv, or with --system-torch a package folder beside the machine's own
+# python (whose torch may itself live in a venv, which a nested venv would not see)
 if [ -x "$VENV/bin/python" ]; then
-  say "venv exists: $VENV"
+  say "environment exists: $VENV"
+elif [ "$SYSTEM_TORCH" = 1 ]; then
+  mkdir -p "$VENV/bin" "$VENV/site"
+  printf '#!/bin/sh\nPYTHONPATH="%s${PYTHONPATH:+:$PYTHONPATH}" exec %s "$@"\n' \
+    "$(cd "$VENV" && pwd)/site" "$(command -v python3)" > "$VENV/bin/python"
+  chmod +x "$VENV/bin/python"
+  say "created $VENV/bin/python: $(command -v python3) + $VENV/site"
 else
-  if [ "$SYSTEM_TORCH" = 1 ]; then python3 -m venv --system-site-packages "$VENV"; else python3 -m venv "$VENV"; fi
-  say "created venv $VENV (system torch: $SYSTEM_TORCH)"
+  python3 -m venv "$VENV"
+  say "created venv $VENV"
 fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check)
+if [ "$SYSTEM_TORCH" = 1 ]; then TARGET=(--target "$VENV/site"); else TARGET=(); fi
 torch_version() { "$PY" -c "import torch; print(torch.__version__)" 2>/dev/null || true; }
 
 # 2. torch before nnunetv2, so nothing pulls a CUDA build
@@ -86,9 +94,9 @@ if "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('nnunetv2')
 else
   if [ -n "$WHEELS" ]; then
     # the device machine: its preinstalled packages stand in for the rest of nnU-Net's needs
-    "${PIP[@]}" install --quiet --no-index --no-deps "$WHEELS"/*.whl
+    "${PIP[@]}" install --quiet --no-index --no-deps "${TARGET[@]}" "$WHEELS"/*.whl
   else
-    "${PIP[@]}" install --quiet -c "$PIN" "$NNUNET" 2>&1 | quiet_pip
+    "${PIP[@]}" install --quiet "${TARGET[@]}" -c "$PIN" "$NNUNET" 2>&1 | quiet_pip
   fi
   say "installed $NNUNET"
 fi
@@ -125,9 +133,7 @@ assert cls is not None, "nnUNetTrainerBench not found by nnU-Net's trainer looku
 print(f"[setup_reference] import ok: torch {torch.__version__}, trainer {cls.__module__}")
 EOF
 "$PY" "$HERE/reference/synthetic_dataset.py" "$SCRATCH/raw/Dataset001_Tiny" --cases 3 --size 24 40 >/dev/null
-env nnUNet_raw="$SCRATCH/raw" nnUNet_preprocessed="$SCRATCH/pre" nnUNet_results="$SCRATCH/res" \
-  "$VENV/bin/nnUNetv2_plan_and_preprocess" -d 1 -c 3d_fullres -np 1 --verify_dataset_integrity \
-  > "$SCRATCH/plan.log" 2>&1 || { cat "$SCRATCH/plan.log"; say "FAILED: nnUNetv2_plan_and_preprocess"; exit 1; }
-n="$(find "$SCRATCH/pre/Dataset001_Tiny" -name '*.b2nd' -o -name '*.npz' | wc -l)"
-[ "$n" -gt 0 ] || { cat "$SCRATCH/plan.log"; say "FAILED: no preprocessed cases"; exit 1; }
-say "verified: plan+preprocess wrote $n preprocessed arrays; reference python is $PY"
+"$PY" "$HERE/reference/plan_preprocess.py" "$SCRATCH/raw/Dataset001_Tiny" "$SCRATCH/work" --np 1 \
+  > "$SCRATCH/plan.json" || { say "FAILED: nnUNetv2_plan_and_preprocess on a tiny dataset"; exit 1; }
+say "verified: plan+preprocess $(cat "$SCRATCH/plan.json")"
+say "reference python: $PY"

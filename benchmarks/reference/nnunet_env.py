@@ -52,14 +52,18 @@ def preprocessed_dir(raw: Path, work: Path) -> Path:
 
 
 def run_timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
-    """Run an nnU-Net console script of this venv; return its wall seconds.
+    """Run an nnU-Net console command (e.g. ``nnUNetv2_train``) by its entry point; return wall s.
 
-    The venv is usually not activated, so the script is looked up beside this interpreter.
+    Called through this interpreter rather than as a script file, so it works whether nnU-Net sits
+    in a venv (not necessarily activated) or in a --target folder on PYTHONPATH.
     """
-    cmd = [str(Path(sys.executable).parent / cmd[0]), *cmd[1:]]
+    from importlib.metadata import entry_points
+    (ep,) = entry_points(group="console_scripts", name=cmd[0])
+    module, attr = ep.value.split(":")
+    code = f"import sys; from {module} import {attr}; sys.argv[0] = {cmd[0]!r}; sys.exit({attr}())"
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run([sys.executable, "-c", code, *cmd[1:]], env={**os.environ, **(env or {})},
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}")

@@ -23,6 +23,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,8 +46,6 @@ def held_out_cases(raw: Path) -> int:
 
 def predict_command(model: Path, images: Path, out: Path, device: str, tta: bool) -> tuple[float, float]:
     """(wall seconds, peak RSS MB) of one `voxseg predict` command."""
-    import time
-
     shutil.rmtree(out, ignore_errors=True)
     args = ["predict", "-m", str(model), "-i", str(images), "-o", str(out), "--device", device]
     start = time.perf_counter()

@@ -19,8 +19,8 @@ of the last step; ``data_wait_share`` is the part of that window outside the tra
 process, loader workers included, as for nnU-Net). Precision is each side's default (CPU: fp32
 both; CUDA: ours bf16, nnU-Net fp16 autocast).
 
-Standalone it builds its own demo dataset; --quick on CPU (patch 32x64x64, 2+5 iterations) takes
-about 3-4 minutes for both sides on 2 cores. Also imported by benchmarks/run.py and by
+Standalone it builds its own demo dataset; --quick on CPU (6 cases, patch 32x64x64, 2+5
+iterations) takes about 2 minutes for both sides on 2 cores, preprocessing included. Also imported by benchmarks/run.py and by
 bench_predict.py (which reuses the model trained here).
 """
 from __future__ import annotations
@@ -159,11 +159,11 @@ _CHILD = ("import json, sys; sys.path.insert(0, sys.argv[1]); import bench_train
 
 def run_ours(*, raw: Path, work: Path, device: str = "cpu", workers: int = 2, patch=(72, 80, 80),
              batch: int = 2, iterations: int = 20, warmup: int = 2, **_) -> dict:
+    from voxseg.preprocessing.preprocess import preprocess_dataset
+
     work = Path(work)
     # Re-planning over the preprocess stage's plan keeps its store: patch and batch do not change
     # the stored arrays, so preprocess_dataset only fills in what is missing.
-    from voxseg.preprocessing.preprocess import preprocess_dataset
-
     plan = forced_plan(Path(raw), work, patch, batch, workers)
     preprocess_dataset(work, [CONFIG], workers=workers, progress=False)
     args = {"work": str(work), "device": device, "workers": workers, "iterations": iterations, "warmup": warmup}
@@ -192,7 +192,7 @@ def force_topology(raw: Path, work: Path, ours: dict) -> str:
         raise RuntimeError(f"spacing/transpose differ (nnU-Net {cfg['spacing']} {plans['transpose_forward']}, "
                            f"voxseg {ours['spacing']} {ours['transpose']}): the same topology would mean a different network")
     arch = cfg["architecture"]["arch_kwargs"]
-    wanted = {theirs: [list(v) if isinstance(v, (list, tuple)) else v for v in net[key]] for theirs, key in _ARCH_KEYS.items()}
+    wanted = {name: [list(v) if isinstance(v, (list, tuple)) else v for v in net[key]] for name, key in _ARCH_KEYS.items()}
     changed = sorted(k for k, v in wanted.items() if arch.get(k) != v)
     arch.update(wanted, n_stages=len(net["features"]))
     plans_path.write_text(json.dumps(plans, indent=1))
@@ -211,8 +211,6 @@ def run_reference(python, *, raw: Path, work: Path, device: str = "cpu", workers
     result = common.run_nnunet("train", python, **kw, iterations=iterations, warmup=warmup, timeout=timeout)
     return {**{k: result.get(k) for k in common.METRICS["train"]}, "model_dir": result["model_dir"],
             "plan": f"{note}: patch {'x'.join(map(str, patch))}, batch {batch}"}
-
-
 
 
 def standalone_dataset(device: str, quick: bool, out: Path) -> tuple[Path, Profile, Path]:
@@ -238,7 +236,7 @@ def load_average() -> str:
 def standalone_args(description: str) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--quick", action="store_true", help="small patch, few iterations (CPU: ~4 min for both sides)")
+    ap.add_argument("--quick", action="store_true", help="small data and patch, few iterations (CPU: ~2 min for both sides)")
     ap.add_argument("--patch", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"))
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--workers", type=int, default=2, help="loader worker processes, each side")

@@ -128,13 +128,16 @@ class Predictor:
         *,
         tta: bool = True,
         step: float = 0.5,
-        tile_batch: int = 4,
+        tile_batch: int | None = None,
         postprocessing: dict | None = None,
     ):
         if not groups:
             raise CheckpointError("no models to predict with", fix="pass at least one trained run folder with -m")
         self.groups, self.device = groups, device
-        self.tta, self.step, self.tile_batch = tta, step, tile_batch
+        # On a CPU, batching tiles buys ~10% speed for ~3x the memory (measured: 1 tile 1.5 GB,
+        # 4 tiles 4.3 GB at 32x64x64 with 8 flips), so it batches only on a GPU by default.
+        self.tta, self.step = tta, step
+        self.tile_batch = tile_batch or (4 if device.type == "cuda" else 1)
         self.postprocessing = postprocessing
         self.precision = autocast_dtype("auto", device)
         self.num_classes = groups[0].plan.num_classes
@@ -259,7 +262,7 @@ def predict(
     checkpoint: str = "final",
     tta: bool = True,
     step: float = 0.5,
-    tile_batch: int = 4,
+    tile_batch: int | None = None,
     device: str = "auto",
     save_probabilities: bool = False,
     heads: bool = False,

@@ -10,6 +10,8 @@ model; an override that cannot fit raises PlanError naming what would.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import sys
 from dataclasses import dataclass, field
@@ -188,13 +190,14 @@ def plan_dataset(spec: DatasetSpec, fingerprint: Fingerprint, options: PlannerOp
         inplane = _Problem(spacing_t[-2:], median_t[-2:], dataset_voxels, base.in_channels, base.num_classes, options)
         configs["2d"] = plan_configuration(inplane, 2, batch_dice=True)
     if ndim == 3 and ({"3d_fullres", "3d_lowres"} & set(options.configs)):
-        fullres = plan_configuration(base, 3, batch_dice=True)
+        fullres = plan_configuration(base, 3, batch_dice=False)
+        lowres = _plan_lowres(base, fullres) if options.patch_size is None else None
+        # nnU-Net: batch Dice for fullres only when a cascade exists (large images), else per sample.
+        fullres = dataclasses.replace(fullres, batch_dice=lowres is not None)
         if "3d_fullres" in options.configs:
             configs["3d_fullres"] = fullres
-        if "3d_lowres" in options.configs and options.patch_size is None:
-            lowres = _plan_lowres(base, fullres)
-            if lowres is not None:
-                configs["3d_lowres"] = lowres
+        if "3d_lowres" in options.configs and lowres is not None:
+            configs["3d_lowres"] = lowres
     if not configs:
         raise PlanError(f"none of {list(options.configs)} applies to this {ndim}D dataset", fix="use --configs 2d")
     return Plan(

@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import importlib.util
 import math
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,8 +360,10 @@ def load_trainer(spec: str) -> type[Trainer]:
         path = Path(where)
         if not path.is_file():
             raise InputError("trainer file not found", path=path, fix="pass path/to/file.py:ClassName")
-        mod_spec = importlib.util.spec_from_file_location(f"voxseg_user_trainer_{path.stem}", path)
+        name = f"voxseg_user_trainer_{path.stem}"
+        mod_spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(mod_spec)
+        sys.modules[name] = module  # dataclasses and pickling look the module up by name
         mod_spec.loader.exec_module(module)
     else:
         try:

@@ -155,19 +155,7 @@ class Trainer:
         """Case sampler (uniform / weighted / adaptive) and the patch loader over the training cases."""
         s = self.settings.sampling
         sampler = CaseSampler.from_settings(s, self.ctx.store, self.ctx.train_ids)
-        loader = PatchLoader(
-            self.ctx.store,
-            sampler,
-            patch_size=self.ctx.config.patch_size,
-            batch_size=self.local_batch_size(),
-            input_size=self.augmenter.input_size(),
-            has_ignore=self.ctx.plan.has_ignore,
-            settings=s,
-            seed=self.settings.training.seed,
-            rank=self.ctx.dist.rank,
-            world_size=self.ctx.dist.world_size,
-            pin_memory=self.device.type == "cuda",
-        )
+        loader = self.patch_loader(sampler, s, self.augmenter, seed=self.settings.training.seed, pin_memory=self.device.type == "cuda")
         return sampler, loader
 
     def compute_loss(self, outputs: dict[str, list[Tensor]], batch: TrainBatch) -> dict[str, Tensor]:
@@ -265,18 +253,22 @@ class Trainer:
         )
         s = dataclasses.replace(self.settings.sampling, case_weights="uniform", adaptive=False, correct_bias=False, workers=0)
         sampler = CaseSampler.from_settings(s, self.ctx.store, self.ctx.val_ids)
+        return self.patch_loader(sampler, s, self.val_augmenter, seed=self.settings.training.seed + 1, pin_memory=False)
+
+    def patch_loader(self, sampler: CaseSampler, settings, augmenter: Augmenter, *, seed: int, pin_memory: bool) -> PatchLoader:
+        """A loader over this run's store delivering the enlarged patches `augmenter` needs."""
         return PatchLoader(
             self.ctx.store,
             sampler,
             patch_size=self.ctx.config.patch_size,
             batch_size=self.local_batch_size(),
-            input_size=self.val_augmenter.input_size(),
+            input_size=augmenter.input_size(),
             has_ignore=self.ctx.plan.has_ignore,
-            settings=s,
-            seed=self.settings.training.seed + 1,
+            settings=settings,
+            seed=seed,
             rank=self.ctx.dist.rank,
             world_size=self.ctx.dist.world_size,
-            pin_memory=False,
+            pin_memory=pin_memory,
         )
 
     def ctx_meta(self) -> dict[str, Any]:

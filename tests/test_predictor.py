@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from voxseg.data.io import read_image
-from voxseg.inference.predictor import CaseInput, ModelGroup, Predictor, predict
+from voxseg.inference.predictor import ModelGroup, Predictor, predict
 from voxseg.inference.restore import restore_shape
 from voxseg.planning.plan import load_plans
 from voxseg.preprocessing.preprocess import preprocess_case, restore_channels

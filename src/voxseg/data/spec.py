@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxseg.data.io import Geometry, file_ending, read_image
+from voxseg.data.io import Geometry, read_image
 from voxseg.data.labels import IGNORE
 from voxseg.errors import DatasetError
 
@@ -228,7 +228,3 @@ def read_label(path: str | Path, spec: DatasetSpec) -> tuple[np.ndarray, Geometr
             raise DatasetError("label map holds non-integer values", path=path, fix="save label maps with an integer type")
         array = rounded.astype(np.int32)
     return map_label_values(array, spec.ignore_value)[None], geometry
-
-
-def file_ending_matches(path: Path, spec: DatasetSpec) -> bool:
-    return file_ending(path) == spec.file_ending.lower()

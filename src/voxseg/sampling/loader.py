@@ -20,7 +20,6 @@ slot; the slot is reused only after every tensor of that batch has been garbage 
 from __future__ import annotations
 
 import itertools
-import json
 import multiprocessing as mp
 import os
 import queue

@@ -5,11 +5,12 @@
 
 Ours, two numbers on the same store:
   patches_per_s_crop  crop + collate only (the loader's own work), `--workers` processes
-  patches_per_s       the same plus the CPU fallback of the default augmentation
-                      (voxseg.augment.pipeline.Augmenter on CPU, in the main process), i.e. what
+  patches_per_s       the same plus the default augmentation as training on a CPU runs it
+                      (`augmentation.where: auto` -> "loader": voxseg.augment.pipeline.Augmenter
+                      inside the same `--workers` processes, one thread each), i.e. what
                       nnU-Net's number also includes.
-The patch is delivered at `Augmenter.input_size()` (the enlarged patch the default augmentation
-needs). nnU-Net's side (benchmarks/reference/loader.py in the reference venv) runs
+The crop-only loader delivers `Augmenter.input_size()` (the enlarged patch the default
+augmentation needs); the augmenting one delivers the final patch. nnU-Net's side (benchmarks/reference/loader.py in the reference venv) runs
 nnUNetDataLoader + its default training transforms in `--workers` processes; "n/a" when that venv
 is missing. On a 2-core machine nnU-Net does 43-46 patches/s.
 
@@ -78,14 +79,12 @@ def _input_size(patch: tuple[int, ...]) -> tuple[tuple[int, ...], object | None]
     return augmenter.input_size(), augmenter
 
 
-def _time(loader: PatchLoader, batches: int, warmup: int, step=None) -> float:
-    for batch in islice(loader, warmup):
-        if step:
-            step(batch)
+def _time(loader: PatchLoader, batches: int, warmup: int) -> float:
+    for _ in islice(loader, warmup):
+        pass
     start = time.perf_counter()
-    for batch in islice(loader, batches):
-        if step:
-            step(batch)
+    for _ in islice(loader, batches):
+        pass
     return batches * loader.batch_size / (time.perf_counter() - start)
 
 
@@ -98,17 +97,17 @@ def run_ours(work: Path | None = None, patch=(72, 80, 80), batch: int = 2, worke
     input_size, augmenter = _input_size(patch)
     settings = SamplingSettings(workers=workers)
 
-    def make() -> PatchLoader:
+    def make(augment: bool) -> PatchLoader:
         sampler = CaseSampler(store.case_ids())
         return PatchLoader(store, sampler, patch_size=patch, input_size=input_size, batch_size=batch,
-                           settings=settings, seed=0, pin_memory=False)
+                           settings=settings, seed=0, pin_memory=False, augmenter=augmenter if augment else None)
 
-    with make() as loader:
+    with make(False) as loader:
         crop = _time(loader, batches, warmup=5)
     augmented = None
     if augmenter is not None:
-        with make() as loader:
-            augmented = _time(loader, max(batches // 3, 5), warmup=2, step=lambda b: augmenter(b.image, [b.seg]))
+        with make(True) as loader:
+            augmented = _time(loader, batches, warmup=4)
     return {"patches_per_s_crop": crop, "patches_per_s": augmented, "input_size": "x".join(map(str, input_size))}
 
 

@@ -90,8 +90,6 @@ def run_reference(python, *, raw: Path, work: Path, timeout: float | None = None
 
 
 def main() -> None:
-    from run import num_classes  # benchmarks/run.py: the classes its scorer counts
-
     a = bench_train.standalone_args(__doc__.splitlines()[0])
     kw, root, prof = bench_train.standalone_keywords(a)
     python = common.reference_python(a.refenv)
@@ -101,7 +99,7 @@ def main() -> None:
         sides["theirs"] = run_reference(python, **kw, work=root / "nnunet")
     raw = kw["raw"]
     for side in sides.values():
-        side.update(common.score_predictions(Path(side["pred_dir"]), raw / "labelsTs", num_classes(raw)))
+        side.update(common.score_predictions(Path(side["pred_dir"]), raw))
     theirs = sides.get("theirs", {})
     info = common.header(a.device, python)
     info["run"] = (f"{held_out_cases(raw)} held-out cases {prof.size_range}; models: patch {list(kw['patch'])} "

@@ -37,6 +37,9 @@ Keys each stage returns (:data:`METRICS`; lower is better unless in :data:`HIGHE
     predict     s_per_case_tta, s_per_case_no_tta, peak_rss_mb, and "pred_dir" (str):
                 predictions of imagesTs, which run.py scores (dice, hd95) with
                 :func:`score_predictions`.
+    accuracy    dice, dice_min, dice_max, case_dice_sd, hd95, train_s, s_per_case_tta: a longer
+                training on both sides (epochs x iterations, each side's own schedule), then TTA
+                predictions of imagesTs scored by :func:`score_predictions`; min/max over repeats.
 
 nnU-Net's side runs in its own venv through the scripts in ``benchmarks/reference/``. The usual
 ``run_reference`` is one line: ``return common.run_nnunet("loader", python, **kw)``; other
@@ -56,20 +59,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 BENCH_DIR = Path(__file__).resolve().parent
 REFERENCE_DIR = BENCH_DIR / "reference"
 DEFAULT_REFENV = BENCH_DIR / ".refenv"
-STAGES = ("preprocess", "loader", "augment", "train", "predict")
+STAGES = ("preprocess", "loader", "augment", "train", "predict", "accuracy")
 METRICS = {
     "preprocess": ("wall_s", "peak_rss_mb"),
     "loader": ("patches_per_s",),
     "augment": ("ms_per_batch",),
     "train": ("ms_per_it", "data_wait_share", "peak_rss_mb", "peak_gpu_mb"),
     "predict": ("s_per_case_tta", "s_per_case_no_tta", "peak_rss_mb", "dice", "hd95"),
+    "accuracy": ("dice", "dice_min", "dice_max", "case_dice_sd", "hd95", "train_s", "s_per_case_tta"),
 }
-HIGHER_IS_BETTER = {"patches_per_s", "dice"}
+HIGHER_IS_BETTER = {"patches_per_s", "dice", "dice_min", "dice_max"}
 
 
 def reference_python(venv: Path = DEFAULT_REFENV) -> Path | None:
@@ -207,42 +210,19 @@ def format_table(rows: list[Row], info: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def score_predictions(pred_dir: Path, label_dir: Path, num_classes: int) -> dict[str, float]:
-    """Mean foreground Dice and HD95 (mm) over the cases of ``label_dir`` and classes 1..K-1.
+def score_predictions(pred_dir: Path, raw: Path) -> dict:
+    """Foreground-mean Dice and HD95 (mm) of ``pred_dir`` against ``raw/labelsTs``.
 
-    Both sides are scored by this one function so the comparison does not depend on two
-    evaluators agreeing. A class absent from both prediction and label is skipped (nnU-Net's
-    NaN); HD95 is skipped when either side is empty, since it is undefined there.
+    Both sides are scored by voxseg's evaluator (``voxseg evaluate``, tested against hand-computed
+    values), so the comparison does not depend on two evaluators agreeing; nnU-Net's conventions:
+    a class absent from prediction and reference is NaN and left out of the means. Also returns
+    ``case_dice``, each held-out case's mean foreground Dice, for the spread.
     """
-    import SimpleITK as sitk
-    dices, hds = [], []
-    for lab_path in sorted(Path(label_dir).iterdir()):
-        pred_path = Path(pred_dir) / lab_path.name
-        if not pred_path.exists():
-            raise FileNotFoundError(f"{pred_path}: prediction missing for {lab_path.name}")
-        lab_img = sitk.ReadImage(str(lab_path))
-        lab = sitk.GetArrayFromImage(lab_img)
-        pred = sitk.GetArrayFromImage(sitk.ReadImage(str(pred_path)))
-        spacing = lab_img.GetSpacing()[::-1]
-        for k in range(1, num_classes):
-            p, g = pred == k, lab == k
-            denom = p.sum() + g.sum()
-            if denom == 0:
-                continue
-            dices.append(2.0 * np.logical_and(p, g).sum() / denom)
-            if p.any() and g.any():
-                hds.append(_hd95(p, g, spacing))
-    return {"dice": float(np.mean(dices)) if dices else None,
-            "hd95": float(np.mean(hds)) if hds else None}
+    from voxseg.evaluation.evaluate import evaluate_folders
+    from voxseg.evaluation.metrics import nanmean
 
-
-def _hd95(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]) -> float:
-    """95th percentile of the symmetric surface distances between two non-empty masks."""
-    from scipy import ndimage
-    def surface(m: np.ndarray) -> np.ndarray:
-        return m & ~ndimage.binary_erosion(m, border_value=0)
-    sa, sb = surface(a), surface(b)
-    da = ndimage.distance_transform_edt(~sa, sampling=spacing)
-    db = ndimage.distance_transform_edt(~sb, sampling=spacing)
-    return float(np.percentile(np.concatenate([db[sa], da[sb]]), 95))
-
+    summary = evaluate_folders(pred_dir, Path(raw) / "labelsTs", Path(raw) / "dataset.json",
+                               metrics=("dice", "hd95"), progress=False)
+    fg = summary["foreground_mean"]
+    case_dice = [nanmean([m["Dice"] for m in case["metrics"].values()]) for case in summary["metric_per_case"]]
+    return {"dice": fg["Dice"], "hd95": fg["HD95"], "case_dice": case_dice}

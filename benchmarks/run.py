@@ -4,7 +4,7 @@
                              [--refenv DIR] [--keep]
 
 Builds one demo dataset (``voxseg.data.demo.make_demo_dataset``; held-out cases in imagesTs), then
-for each stage (preprocess, loader, augment, train, predict) calls ``bench_<stage>.run_ours`` and
+for each stage (preprocess, loader, augment, train, predict, accuracy) calls ``bench_<stage>.run_ours`` and
 ``bench_<stage>.run_reference`` with the same keywords (convention: ``benchmarks/common.py``),
 scores both sides' predictions with one scorer, and prints/writes one markdown table with the
 machine, versions and date. A stage whose script or function does not exist yet prints
@@ -81,11 +81,6 @@ def call_side(fn, args: tuple, kw: dict, repeats: int, log) -> dict | str:
         return "failed"
 
 
-def num_classes(raw: Path) -> int:
-    labels = json.loads((raw / "dataset.json").read_text())["labels"]
-    return len([k for k in labels if k != "ignore"])
-
-
 def run(device: str, quick: bool, out: Path, stages: list[str], refenv: Path, keep: bool) -> str:
     from voxseg.data.demo import make_demo_dataset
 
@@ -113,6 +108,8 @@ def run(device: str, quick: bool, out: Path, stages: list[str], refenv: Path, ke
             kw = dict(base, iterations=getattr(prof, STAGE_ITERATIONS.get(stage, "train_iterations")))
             if stage in ("train", "predict") and prof.train_patch:
                 kw["patch"] = prof.train_patch
+            if stage == "accuracy":  # its own patch and schedule (bench_accuracy.PROFILES)
+                kw.update(mod.profile_keywords(device, quick))
             repeats = prof.repeats.get(stage, 1)
             ours: dict | str = "n/a (not built yet)"
             theirs: dict | str = "n/a (not built yet)"
@@ -146,7 +143,7 @@ def _with_scores(side: dict | str, raw: Path, log) -> dict | str:
     if not isinstance(side, dict) or not side.get("pred_dir"):
         return side
     try:
-        return {**side, **common.score_predictions(Path(side["pred_dir"]), raw / "labelsTs", num_classes(raw))}
+        return {**side, **common.score_predictions(Path(side["pred_dir"]), raw)}
     except Exception:
         log.write(f"--- scoring {side['pred_dir']}\n{traceback.format_exc()}\n")
         return {**side, "dice": "failed", "hd95": "failed"}

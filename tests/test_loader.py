@@ -12,6 +12,8 @@ import torch
 from scipy.stats import chisquare
 
 from test_sampling import write_synthetic_case
+from voxseg.augment.config import AugmentationSettings
+from voxseg.augment.pipeline import Augmenter
 from voxseg.data.labels import IGNORE
 from voxseg.preprocessing.store import Store
 from voxseg.sampling.case_sampler import CaseSampler
@@ -80,6 +82,39 @@ def test_same_seed_same_batches_for_any_worker_count(store):
         assert same(take(a2, 12), ref)
     with make(store, 0, seed=8) as other:
         assert not same(take(other, 12), ref)
+
+
+def augmenter(seed: int = 0) -> Augmenter:
+    # Strong enough that every batch is changed: always mirrored, rotated and noised.
+    settings = AugmentationSettings(mirror_p=1.0, rotation_p=1.0, noise_p=1.0)
+    return Augmenter(settings, (8, 8, 8), has_ignore=False, seed=seed)
+
+
+def make_augmenting(store: Store, workers: int, seed: int = 7) -> PatchLoader:
+    settings = SamplingSettings(workers=workers, prefetch=2)
+    return PatchLoader(store, CaseSampler(store.case_ids()), patch_size=(8, 8, 8), batch_size=3,
+                       settings=settings, seed=seed, augmenter=augmenter())
+
+
+def test_loader_side_augmentation_delivers_final_patches_for_any_worker_count(store):
+    with make_augmenting(store, 0) as a0:
+        ref = take(a0, 6)
+        assert a0.augmented
+    with make_augmenting(store, 2) as a2:
+        batch = next(iter(a2))
+        assert batch.augmented and batch.image.shape == (3, 2, 8, 8, 8) and batch.seg.shape == (3, 1, 8, 8, 8)
+        assert batch.seg.dtype == torch.int16 and batch.extra["edges"].shape == batch.seg.shape
+    with make_augmenting(store, 2) as a2:
+        assert same(take(a2, 6), ref)
+    with make_augmenting(store, 0, seed=8) as other:
+        assert not same(take(other, 6), ref)
+    # Labels stay labels: only class values, no padding sentinel without an ignore label.
+    assert set(torch.cat([b[1].flatten() for b in ref]).unique().tolist()) <= {0, 1, 2}
+    # The augmentation did something: the crops alone (same seed, same positions) differ.
+    with PatchLoader(store, CaseSampler(store.case_ids()), patch_size=(8, 8, 8), batch_size=3,
+                     settings=SamplingSettings(workers=0), seed=7) as plain:
+        crops = take(plain, 6)
+    assert not torch.equal(crops[0][0], ref[0][0])
 
 
 def test_resume_continues_the_stream(store):

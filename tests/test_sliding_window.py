@@ -107,6 +107,22 @@ def test_forward_batch_is_tiles_times_flips():
     assert sizes == [32] * 6 + [24]
 
 
+def test_forward_batch_caps_each_call_without_changing_the_result():
+    model = conv_model(3, 1, 2, seed=5)
+    image = torch.randn(1, 14, 17, 12)
+    sizes = []
+
+    def counted(x):
+        sizes.append(x.shape[0])
+        return model(x)
+
+    whole = sliding_window(model, image, (8, 8, 8), 2, tile_batch=3, mirror_axes=(0, 1, 2))
+    capped = sliding_window(counted, image, (8, 8, 8), 2, tile_batch=3, mirror_axes=(0, 1, 2), forward_batch=5)
+    torch.testing.assert_close(capped, whole, rtol=1e-5, atol=1e-6)
+    # 3 x 4 x 2 = 24 tiles: 8 chunks of 3 tiles x 8 flips = 24 inputs, called as 5+5+5+5+4.
+    assert sizes == [5, 5, 5, 5, 4] * 8
+
+
 def test_tile_batch_does_not_change_the_result():
     model = conv_model(3, 1, 2, seed=3)
     image = torch.randn(1, 14, 17, 12)

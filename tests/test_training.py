@@ -88,6 +88,33 @@ def test_example_trainers_run_and_predict(tiny_work, tmp_path, demo_dataset, spe
     assert len(list((tmp_path / "pred").glob("*.nii.gz"))) == 2
 
 
+class RecordingTrainer(Trainer):
+    """Remembers what the loader delivered and what the network was given."""
+
+    seen: list = []
+
+    def train_step(self, batch):
+        tb = self.prepare(batch, self.augmenter)
+        RecordingTrainer.seen.append((batch.augmented, tuple(batch.image.shape[2:]), tuple(tb.image.shape[2:])))
+        return super().train_step(batch)
+
+
+@pytest.mark.parametrize("where, in_loader", [("auto", True), ("loader", True), ("device", False)])
+def test_augmentation_runs_where_the_setting_says(tiny_work, where, in_loader):
+    RecordingTrainer.seen = []
+    train(tiny_work, "3d_fullres", "0", quick(f"augmentation.where={where}", "sampling.workers=1"),
+          trainer=RecordingTrainer, device="cpu", name=f"where-{where}")
+    from voxseg.planning.plan import load_plans
+
+    patch = tuple(load_plans(tiny_work).configuration("3d_fullres").patch_size)
+    assert len(RecordingTrainer.seen) == 2
+    for augmented, delivered, network_input in RecordingTrainer.seen:
+        assert augmented == in_loader
+        assert network_input == patch
+        # On the device, the loader delivers the enlarged crop the augmentation needs.
+        assert (delivered == patch) == in_loader
+
+
 def test_2d_configuration_trains(tiny_work):
     run = train(tiny_work, "2d", "0", quick(), device="cpu")
     assert read_log(run / "log.jsonl")[0]["train/loss"] > 0

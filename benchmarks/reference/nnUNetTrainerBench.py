@@ -7,9 +7,12 @@ reference venv, which keeps a CPU torch) would fail before a nested copy were re
 
 nnU-Net constructs trainers by name from its CLI, so the only way to hand it run lengths is the
 environment (read once, in ``__init__``):
-  VOXSEG_BENCH_ITERS        timed training iterations (default 20)
+  VOXSEG_BENCH_ITERS        timed training iterations (default 20), per epoch
   VOXSEG_BENCH_WARMUP_ITERS untimed iterations before them, as a first epoch of their own
                             (default 0: one epoch only)
+  VOXSEG_BENCH_EPOCHS       epochs of VOXSEG_BENCH_ITERS iterations each (accuracy runs: nnU-Net's
+                            poly learning-rate schedule over that many epochs); when set, no
+                            warm-up epoch
   VOXSEG_BENCH_VAL_ITERS  validation iterations per epoch (default 2)
   VOXSEG_BENCH_FINAL_VAL  "1" runs nnU-Net's sliding-window validation at the end (default off)
 
@@ -39,7 +42,10 @@ class nnUNetTrainerBench(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self._timed_iters = _env_int("VOXSEG_BENCH_ITERS", 20)
         self._warmup_iters = _env_int("VOXSEG_BENCH_WARMUP_ITERS", 0)
-        self.num_epochs = 2 if self._warmup_iters > 0 else 1
+        epochs = _env_int("VOXSEG_BENCH_EPOCHS", 0)
+        if epochs > 0:
+            self._warmup_iters = 0
+        self.num_epochs = epochs if epochs > 0 else 2 if self._warmup_iters > 0 else 1
         self.num_iterations_per_epoch = self._timed_iters
         self.num_val_iterations_per_epoch = _env_int("VOXSEG_BENCH_VAL_ITERS", 2)
         self._final_validation = os.environ.get("VOXSEG_BENCH_FINAL_VAL", "0") == "1"

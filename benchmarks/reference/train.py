@@ -1,6 +1,6 @@
 """nnU-Net training speed: ms per iteration end to end with nnUNetv2_train and nnUNetTrainerBench.
 
-    python train.py RAW WORK [--iterations 20] [--warmup 0] [--patch Z Y X] [--batch 2]
+    python train.py RAW WORK [--iterations 20] [--warmup 0] [--epochs 0] [--patch Z Y X] [--batch 2]
                     [--workers 2] [--device cpu] [--config 3d_fullres]
 
 Runs the real CLI (``nnUNetv2_train ID CONFIG all -tr nnUNetTrainerBench -p nnUNetBenchPlans``)
@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("work", type=Path)
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=0,
+                    help="accuracy runs: this many epochs of --iterations each, nnU-Net's LR schedule over them (no warm-up)")
     ap.add_argument("--patch", type=int, nargs="+")
     ap.add_argument("--batch", type=int)
     ap.add_argument("--workers", type=int, default=2)
@@ -37,7 +39,8 @@ def main() -> None:
     ne.ensure_preprocessed(a.raw, a.work)
     ne.bench_plans(a.raw, a.work, a.patch, a.batch, a.config)
     env = {"nnUNet_n_proc_DA": str(a.workers), "VOXSEG_BENCH_ITERS": str(a.iterations),
-           "VOXSEG_BENCH_WARMUP_ITERS": str(a.warmup), "VOXSEG_BENCH_VAL_ITERS": "1"}
+           "VOXSEG_BENCH_WARMUP_ITERS": str(a.warmup), "VOXSEG_BENCH_VAL_ITERS": "1",
+           "VOXSEG_BENCH_EPOCHS": str(a.epochs)}
     wall = ne.run_timed(["nnUNetv2_train", str(ne.dataset_id(a.raw)), a.config, "all",
                          "-tr", ne.TRAINER, "-p", ne.BENCH_PLANS, "-device", a.device], env)
     model_dir = (Path(a.work).resolve() / "nnUNet_results" / Path(a.raw).name

@@ -54,6 +54,11 @@ class AugmentationSettings:
     """
 
     preset: str = "default"  # recorded for settings.yaml; apply a preset with from_preset/from_dict
+    # Where batches are augmented. "device": batched on the training device after the loader;
+    # "loader": inside the loader's worker processes, before the batch reaches the trainer (the
+    # CPU fallback: several processes share the work, as nnU-Net's augmenter workers do); "auto":
+    # "device" on a GPU, "loader" on a CPU.
+    where: Literal["auto", "device", "loader"] = "auto"
     # spatial: ONE resampling of the enlarged input patch per sample
     rotation_p: float = 0.2
     rotation_deg: float | None = None  # max |angle|; None = nnU-Net's rule (see resolve_rotation_deg)
@@ -122,6 +127,8 @@ class AugmentationSettings:
             _bad("elastic_grid", self.elastic_grid, "an integer >= 2")
         if self.label_interpolation not in ("nearest", "linear"):
             _bad("label_interpolation", self.label_interpolation, "'nearest' or 'linear'")
+        if self.where not in ("auto", "device", "loader"):
+            _bad("where", self.where, "'auto', 'device' or 'loader'")
         if self.input_margin not in ("nnunet", "worst_case"):
             _bad("input_margin", self.input_margin, "'nnunet' or 'worst_case'")
 

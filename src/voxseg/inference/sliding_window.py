@@ -125,6 +125,7 @@ def sliding_window(
     step: float = 0.5,
     mirror_axes: Sequence[int] = (),
     tile_batch: int = 4,
+    forward_batch: int | None = None,
     accumulate_device: torch.device | str | None = None,
     sigma_scale: float = 1 / 8,
     precision: torch.dtype | None = None,
@@ -132,8 +133,9 @@ def sliding_window(
 ) -> torch.Tensor:
     """Predict logits (K, *S) float32 for `image` (C, *S) by Gaussian-blended tiles.
 
-    `predict_fn(x (N, C, *P)) -> (N, K, *P)` runs on `image`'s device. One forward call receives
-    `tile_batch` tiles x 2^len(mirror_axes) flipped copies. `mirror_axes` are spatial axis indices.
+    `predict_fn(x (N, C, *P)) -> (N, K, *P)` runs on `image`'s device. Tiles are taken `tile_batch`
+    at a time with their 2^len(mirror_axes) flipped copies; `forward_batch` (default: all of them)
+    caps how many of those inputs one call receives. `mirror_axes` are spatial axis indices.
     `accumulate_device` (default: the image's device) holds the result; with `slabs=True` each row
     of tiles along axis 0 is accumulated on the compute device first and then added to the result on
     `accumulate_device` (default then: the CPU). Choose the mode with `plan_accumulation`. `precision` (e.g. torch.float16) runs
@@ -147,6 +149,8 @@ def sliding_window(
         raise SettingsError(f"step {step} is outside (0, 1]", fix="use a fraction of the patch such as 0.5")
     if tile_batch < 1:
         raise SettingsError(f"tile_batch {tile_batch} must be >= 1", fix="use 1 or more tiles per forward pass")
+    if forward_batch is not None and forward_batch < 1:
+        raise SettingsError(f"forward_batch {forward_batch} must be >= 1", fix="use 1 or more inputs per forward call, or None")
     device = image.device
     if accumulate_device is not None:
         acc_device = torch.device(accumulate_device)
@@ -180,7 +184,7 @@ def sliding_window(
             x = torch.stack([padded[(slice(None), *w)] for w in windows])
             x = torch.cat([x.flip([a + 2 for a in f]) if f else x for f in flips])
             with autocast:
-                y = predict_fn(x)
+                y = torch.cat([predict_fn(part) for part in x.split(forward_batch or len(x))])
             y = y.float().reshape(len(flips), len(batch), num_classes, *patch_size)
             y = sum(y[i].flip([a + 2 for a in f]) if f else y[i] for i, f in enumerate(flips)) / len(flips)
             y = y * gauss

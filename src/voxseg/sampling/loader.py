@@ -15,10 +15,16 @@ slot number and a few class ids. RAM is bounded by construction (workers * prefe
 slots the caller still holds), workers never import CUDA, and each slot can be pinned once
 (cudaHostRegister) instead of copying every batch into pinned memory. A returned `Batch` views its
 slot; the slot is reused only after every tensor of that batch has been garbage collected.
+
+Augmentation in the loader (the CPU fallback). Given an `Augmenter`, each worker crops the enlarged
+patch into a private buffer, augments it with one thread and writes the final patch into the slot,
+so augmentation runs in as many processes as there are workers. Its random stream is re-seeded
+per batch from (seed, rank, k, 2), which keeps a batch independent of the worker count.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import multiprocessing as mp
 import os
@@ -35,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from voxseg.augment.pipeline import Augmenter
 from voxseg.preprocessing.store import Store, StoredCase
 from voxseg.sampling.case_sampler import CaseSampler
 from voxseg.sampling.config import SamplingSettings
@@ -51,6 +58,7 @@ class Batch:
     case_ids: list[str]
     forced: Tensor  # (B,) bool
     weights: Tensor  # (B,) float32 importance weights; 1 when correct_bias is off
+    augmented: bool = False  # True: the loader already augmented it to the final patch size
 
 
 @dataclass
@@ -135,11 +143,16 @@ class _Job:
 
 
 class _Filler:
-    """Crops one batch into a slot; lives in a worker (or in-process) and caches opened cases."""
+    """Crops (and, with an augmenter, augments) one batch into a slot; lives in a worker (or
+    in-process) and caches opened cases."""
 
-    def __init__(self, store_root: str, sampler: PatchSampler, layout: _Layout, seed: int, rank: int):
+    def __init__(self, store_root: str, sampler: PatchSampler, layout: _Layout, seed: int, rank: int,
+                 augmenter: Augmenter | None = None):
         self.store = Store(store_root)
         self.sampler, self.layout, self.seed, self.rank = sampler, layout, seed, rank
+        self.augmenter = augmenter
+        self.crop_layout = dataclasses.replace(layout, input_size=sampler.input_size)
+        self._crop_buf: bytearray | None = None
         self.cases: dict[str, StoredCase] = {}
 
     def case(self, case_id: str) -> StoredCase:
@@ -148,6 +161,21 @@ class _Filler:
         return self.cases[case_id]
 
     def fill(self, job: _Job, image: np.ndarray, seg: np.ndarray, extra: dict[str, np.ndarray]) -> list[list[int]]:
+        if self.augmenter is None:
+            return self._crop(job, image, seg, extra)
+        if self._crop_buf is None:
+            self._crop_buf = bytearray(self.crop_layout.nbytes)
+        crop_image, crop_seg, crop_extra = self.crop_layout.arrays(self._crop_buf)
+        classes = self._crop(job, crop_image, crop_seg, crop_extra)
+        self.augmenter.generator.manual_seed(int(np.random.default_rng([self.seed, self.rank, job.batch_index, 2]).integers(2**62)))
+        names = list(crop_extra)
+        out_image, out_labels = self.augmenter(torch.from_numpy(crop_image), [torch.from_numpy(a) for a in [crop_seg, *crop_extra.values()]])
+        image[...] = out_image.numpy()
+        for target, label in zip([seg, *(extra[n] for n in names)], out_labels):
+            target[...] = label.numpy()
+        return classes
+
+    def _crop(self, job: _Job, image: np.ndarray, seg: np.ndarray, extra: dict[str, np.ndarray]) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, self.rank, job.batch_index, 1])
         classes = []
         for i, (case_id, forced) in enumerate(zip(job.case_ids, job.forced)):
@@ -226,9 +254,16 @@ class PatchLoader:
         world_size: int = 1,
         pin_memory: bool | None = None,
         patch_sampler: PatchSampler | None = None,
+        augmenter: Augmenter | None = None,
     ):
-        """`patch_sampler` replaces the one built from settings (e.g. a subclass with its own `choose`)."""
+        """`patch_sampler` replaces the one built from settings (e.g. a subclass with its own `choose`).
+
+        With `augmenter`, the loader crops `augmenter.input_size()` and delivers augmented batches
+        of `augmenter.patch_size` (`Batch.augmented`); `input_size` is then taken from it.
+        """
         settings = settings or SamplingSettings()
+        if augmenter is not None:
+            input_size = augmenter.input_size()
         self.case_sampler = case_sampler
         self.batch_size, self.seed, self.rank = batch_size, seed, rank
         self.correct_bias = settings.correct_bias
@@ -241,8 +276,10 @@ class PatchLoader:
             class_probabilities=settings.class_probabilities,
         )
         first = store.open(case_sampler.case_ids[0])
-        self.layout = _Layout(batch_size, first.image.shape[0], sampler.input_size, tuple(sorted(first.extra)))
-        self._filler = _Filler(str(store.root), sampler, self.layout, seed, rank)
+        delivered = augmenter.patch_size if augmenter is not None else sampler.input_size
+        self.augmented = augmenter is not None
+        self.layout = _Layout(batch_size, first.image.shape[0], tuple(delivered), tuple(sorted(first.extra)))
+        self._filler = _Filler(str(store.root), sampler, self.layout, seed, rank, augmenter)
         self.workers = settings.resolved_workers()
         self._depth = self.workers * settings.prefetch
         self._pin = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -365,6 +402,7 @@ class PatchLoader:
             case_ids=list(job.case_ids),
             forced=torch.tensor(job.forced, dtype=torch.bool),
             weights=torch.from_numpy(np.asarray(weights, np.float32)),
+            augmented=self.augmented,
         )
 
     # -- state -------------------------------------------------------------------------------------
@@ -427,6 +465,7 @@ def build_loader(
     seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    augmenter: Augmenter | None = None,
 ) -> PatchLoader:
     """The default wiring: a case sampler from `settings` and a loader around it."""
     store = Store(store_root)
@@ -442,4 +481,5 @@ def build_loader(
         seed=seed,
         rank=rank,
         world_size=world_size,
+        augmenter=augmenter,
     )

@@ -205,7 +205,8 @@ class Trainer:
         image = batch.image.to(dev, non_blocking=True)
         names = list(batch.extra)
         labels = [batch.seg.to(dev, non_blocking=True)] + [batch.extra[n].to(dev, non_blocking=True) for n in names]
-        image, labels = augmenter(image, labels)
+        if not batch.augmented:
+            image, labels = augmenter(image, labels)
         scales = self.ctx.config.deep_supervision_scales if self.settings.model.deep_supervision else [[1.0] * self.ctx.config.dims]
         targets = {"labels": downsample_targets(labels[0], scales)}
         targets.update({n: downsample_targets(lab, scales) for n, lab in zip(names, labels[1:])})
@@ -255,8 +256,14 @@ class Trainer:
         sampler = CaseSampler.from_settings(s, self.ctx.store, self.ctx.val_ids)
         return self.patch_loader(sampler, s, self.val_augmenter, seed=self.settings.training.seed + 1, pin_memory=False)
 
+    def augment_in_loader(self) -> bool:
+        """augmentation.where: "auto" augments in the loader workers when training on a CPU."""
+        where = self.settings.augmentation.where
+        return where == "loader" or (where == "auto" and self.device.type == "cpu")
+
     def patch_loader(self, sampler: CaseSampler, settings, augmenter: Augmenter, *, seed: int, pin_memory: bool) -> PatchLoader:
-        """A loader over this run's store delivering the enlarged patches `augmenter` needs."""
+        """A loader over this run's store: enlarged patches for `augmenter` to augment on the
+        device, or batches it already augmented in the loader (`augment_in_loader`)."""
         return PatchLoader(
             self.ctx.store,
             sampler,
@@ -269,6 +276,7 @@ class Trainer:
             rank=self.ctx.dist.rank,
             world_size=self.ctx.dist.world_size,
             pin_memory=pin_memory,
+            augmenter=augmenter if self.augment_in_loader() else None,
         )
 
     def ctx_meta(self) -> dict[str, Any]:

@@ -24,11 +24,8 @@ iterations, not speed (bench_train.py and bench_predict.py measure that).
 """
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -63,10 +60,6 @@ def train_in_this_process(work: str, device: str, workers: int, epochs: int, ite
     return {"model_dir": str(fold)}
 
 
-_CHILD = ("import json, sys; sys.path.insert(0, sys.argv[1]); import bench_accuracy; "
-          "print(json.dumps(bench_accuracy.train_in_this_process(**json.loads(sys.argv[2]))))")
-
-
 def summarise(runs: list[dict]) -> dict:
     """Repeats -> the stage's metrics (see the module docstring)."""
     dice = [r["dice"] for r in runs]
@@ -90,13 +83,9 @@ def run_ours(*, raw: Path, work: Path, device: str = "cpu", workers: int = 2, pa
         args = {"work": str(work), "device": device, "workers": workers, "epochs": epochs,
                 "iterations": iterations, "seed": seed}
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", _CHILD, str(common.BENCH_DIR), json.dumps(args)],
-                              capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        trained = common.call_in_child("bench_accuracy", "train_in_this_process", args, "voxseg accuracy training")
         train_s = time.perf_counter() - start
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
-            raise RuntimeError(f"voxseg accuracy training failed (exit {proc.returncode}):\n{tail}")
-        model = Path(json.loads(proc.stdout.strip().splitlines()[-1])["model_dir"])
+        model = Path(trained["model_dir"])
         pred = work / f"pred_seed{seed}"
         pred_s, _ = bench_predict.predict_command(model, raw / "imagesTs", pred, device, tta=True)
         runs.append({**common.score_predictions(pred, raw), "train_s": train_s, "pred_dir": str(pred),

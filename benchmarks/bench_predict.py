@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,13 +48,9 @@ def predict_command(model: Path, images: Path, out: Path, device: str, tta: bool
     shutil.rmtree(out, ignore_errors=True)
     args = ["predict", "-m", str(model), "-i", str(images), "-o", str(out), "--device", device]
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _CHILD, *args, *([] if tta else ["--no-tta"])],
-                          capture_output=True, text=True)
+    out = common.run_child([sys.executable, "-c", _CHILD, *args, *([] if tta else ["--no-tta"])], f"voxseg {' '.join(args)}")
     wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
-        raise RuntimeError(f"voxseg {' '.join(args)} failed (exit {proc.returncode}):\n{tail}")
-    return wall, json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+    return wall, json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
 
 
 def run_ours(*, raw: Path, work: Path, device: str = "cpu", **kw) -> dict:

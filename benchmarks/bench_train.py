@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -153,10 +152,6 @@ def train_in_this_process(work: str, device: str, workers: int, iterations: int,
             "peak_gpu_mb": gpu / 2**20 if gpu is not None else None, "model_dir": str(fold)}
 
 
-_CHILD = ("import json, sys; sys.path.insert(0, sys.argv[1]); import bench_train; "
-          "print(json.dumps(bench_train.train_in_this_process(**json.loads(sys.argv[2]))))")
-
-
 def run_ours(*, raw: Path, work: Path, device: str = "cpu", workers: int = 2, patch=(72, 80, 80),
              batch: int = 2, iterations: int = 20, warmup: int = 2, **_) -> dict:
     from voxseg.preprocessing.preprocess import preprocess_dataset
@@ -167,12 +162,7 @@ def run_ours(*, raw: Path, work: Path, device: str = "cpu", workers: int = 2, pa
     plan = forced_plan(Path(raw), work, patch, batch, workers)
     preprocess_dataset(work, [CONFIG], workers=workers, progress=False)
     args = {"work": str(work), "device": device, "workers": workers, "iterations": iterations, "warmup": warmup}
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(common.BENCH_DIR), json.dumps(args)],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
-        raise RuntimeError(f"voxseg benchmark training failed (exit {proc.returncode}):\n{tail}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = common.call_in_child("bench_train", "train_in_this_process", args, "voxseg benchmark training")
     net = plan["network"]
     result["plan"] = (f"voxseg's: patch {'x'.join(map(str, plan['patch']))}, batch {plan['batch']}, "
                       f"{len(net['features'])} stages {net['features']}")

@@ -55,6 +55,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -96,8 +97,29 @@ def run_reference_script(python: str | Path, script: str, *args: object,
         line = line.strip()
         if proc.returncode == 0 and line.startswith("{"):
             return json.loads(line)
-    tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
-    raise RuntimeError(f"reference script failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+    raise RuntimeError(f"reference script failed (exit {proc.returncode}): {' '.join(cmd)}\n{_tail(proc)}")
+
+
+def _tail(proc: subprocess.CompletedProcess) -> str:
+    return "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
+
+
+def run_child(cmd: list[str], what: str) -> str:
+    """Run ``cmd`` (unbuffered); its stdout, or an error naming ``what`` with the output's end."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{_tail(proc)}")
+    return proc.stdout
+
+
+def call_in_child(module: str, function: str, kwargs: dict, what: str) -> dict:
+    """``benchmarks/<module>.py``'s ``function(**kwargs)`` in a fresh interpreter (so its peak RSS
+    and torch state are its own); the JSON-able dict it returns."""
+    code = ("import importlib, json, sys; sys.path.insert(0, sys.argv[1]); "
+            "fn = getattr(importlib.import_module(sys.argv[2]), sys.argv[3]); "
+            "print(json.dumps(fn(**json.loads(sys.argv[4]))))")
+    out = run_child([sys.executable, "-c", code, str(BENCH_DIR), module, function, json.dumps(kwargs)], what)
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def run_nnunet(stage: str, python: str | Path, *, raw: Path, work: Path, device: str = "cpu",

@@ -168,10 +168,10 @@ class _Filler:
         crop_image, crop_seg, crop_extra = self.crop_layout.arrays(self._crop_buf)
         classes = self._crop(job, crop_image, crop_seg, crop_extra)
         self.augmenter.generator.manual_seed(int(np.random.default_rng([self.seed, self.rank, job.batch_index, 2]).integers(2**62)))
-        names = list(crop_extra)
+        # Both layouts list the extra maps in the same (sorted) order.
         out_image, out_labels = self.augmenter(torch.from_numpy(crop_image), [torch.from_numpy(a) for a in [crop_seg, *crop_extra.values()]])
         image[...] = out_image.numpy()
-        for target, label in zip([seg, *(extra[n] for n in names)], out_labels):
+        for target, label in zip([seg, *extra.values()], out_labels):
             target[...] = label.numpy()
         return classes
 

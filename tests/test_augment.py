@@ -11,7 +11,12 @@ import torch
 from voxseg.augment.config import AugmentationSettings
 from voxseg.augment.intensity import contrast, gamma, gaussian_blur, simulate_lowres
 from voxseg.augment.pipeline import Augmenter, downsample_targets
-from voxseg.augment.spatial import SpatialParams, apply_spatial, input_size, sampling_grid
+from voxseg.augment.spatial import (
+    SpatialParams,
+    apply_spatial,
+    input_size,
+    sampling_grid,
+)
 from voxseg.data.labels import IGNORE
 from voxseg.errors import SettingsError
 

@@ -12,7 +12,7 @@ import pytest
 
 from voxseg.cli.evaluate import register
 from voxseg.data.io import Geometry, write_image
-from voxseg.errors import InputError
+from voxseg.errors import InputError, NotFoundError
 from voxseg.evaluation.evaluate import evaluate_folders, load_label_setup
 from voxseg.inference.postprocess import find_postprocessing_folders
 
@@ -110,7 +110,7 @@ def test_user_mistakes_name_the_file(tmp_path):
     write_image(refs / "d.nrrd", np.zeros((9, 12, 12), np.uint8), GEOMETRY)
     with pytest.raises(InputError, match="case d: prediction shape differs"):
         evaluate_folders(preds, refs, dataset_json, progress=False)
-    with pytest.raises(InputError, match="dataset.json not found"):
+    with pytest.raises(NotFoundError, match="dataset.json not found"):
         evaluate_folders(preds, refs, tmp_path / "nowhere", progress=False)
     with pytest.raises(InputError, match="no prediction files"):
         evaluate_folders(refs, refs, write_dataset(tmp_path, ending=".nii.gz"), progress=False)

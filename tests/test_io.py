@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 
 from voxseg.data.io import Geometry, read_case_images, read_image, write_image
-from voxseg.errors import DatasetError
+from voxseg.errors import DatasetError, NotFoundError
 
 
 @pytest.mark.parametrize("case", ["brain1", "breast1", "lung1"])
@@ -50,7 +50,7 @@ def test_nibabel_fallback_matches_simpleitk(tmp_path):
 
 
 def test_read_errors_name_the_file(tmp_path):
-    with pytest.raises(DatasetError, match="file not found"):
+    with pytest.raises(NotFoundError, match="file not found"):
         read_image(tmp_path / "missing.nii.gz")
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(b"not an image")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import chisquare
-
 from test_sampling import write_synthetic_case
+
 from voxseg.augment.config import AugmentationSettings
 from voxseg.augment.pipeline import Augmenter
 from voxseg.data.labels import IGNORE

@@ -9,7 +9,12 @@ import pytest
 from scipy.spatial.distance import cdist
 
 from voxseg.data.labels import IGNORE
-from voxseg.evaluation.metrics import compute_metrics, foreground_mean, label_key, mean_metrics
+from voxseg.evaluation.metrics import (
+    compute_metrics,
+    foreground_mean,
+    label_key,
+    mean_metrics,
+)
 
 
 def cube(shape, start, size, shift=(0, 0, 0)):

@@ -7,11 +7,16 @@ import math
 import pytest
 
 from voxseg.errors import PlanError
-from voxseg.model.registry import build_network, count_parameters as count_module_parameters
+from voxseg.model.registry import build_network
+from voxseg.model.registry import count_parameters as count_module_parameters
 from voxseg.planning.memory import count_parameters, estimate_training_memory
 from voxseg.planning.planner import PlannerOptions, _Problem, plan_configuration
 from voxseg.planning.spacing import median_shape_at, target_spacing, transpose_for
-from voxseg.planning.topology import deep_supervision_scales, network_dict, pooling_topology
+from voxseg.planning.topology import (
+    deep_supervision_scales,
+    network_dict,
+    pooling_topology,
+)
 
 
 def test_spacing_is_median_without_anisotropy():

@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 
 from voxseg.data.labels import IGNORE
-from voxseg.inference.postprocess import apply_postprocessing, find_postprocessing, keep_largest_component
+from voxseg.inference.postprocess import (
+    apply_postprocessing,
+    find_postprocessing,
+    keep_largest_component,
+)
 
 
 def blobs():

@@ -7,7 +7,7 @@ import torch
 from voxseg.data.io import read_image
 from voxseg.inference.predictor import ModelGroup, Predictor, predict
 from voxseg.inference.restore import restore_shape
-from voxseg.planning.plan import load_plans
+from voxseg.plans import load_plans
 from voxseg.preprocessing.preprocess import preprocess_case, restore_channels
 from voxseg.training.run import train
 from voxseg.training.settings import load_settings

@@ -11,9 +11,14 @@ from scipy import ndimage
 from voxseg.data.io import read_case_images
 from voxseg.data.labels import IGNORE
 from voxseg.data.spec import load_dataset, read_label
-from voxseg.planning.plan import load_plans
 from voxseg.planning.planner import PlannerOptions, plan_and_save
-from voxseg.preprocessing.preprocess import preprocess_case, preprocess_dataset, restore_labels, store_dir
+from voxseg.plans import load_plans
+from voxseg.preprocessing.preprocess import (
+    preprocess_case,
+    preprocess_dataset,
+    restore_labels,
+    store_dir,
+)
 from voxseg.preprocessing.resample import resample_channels, resample_labels
 from voxseg.preprocessing.store import Store
 

@@ -13,7 +13,7 @@ import pytest
 
 from voxseg.cli.evaluate import register
 from voxseg.data.io import Geometry, write_image
-from voxseg.errors import InputError
+from voxseg.errors import InputError, NotFoundError
 from voxseg.evaluation.evaluate import evaluate_folders
 from voxseg.evaluation.report import build_report
 
@@ -85,7 +85,7 @@ def test_report_without_images_and_from_a_summary_file(run_dir, tmp_path):
 def test_bad_inputs_and_cli(run_dir, tmp_path, capsys):
     with pytest.raises(InputError, match="no log.jsonl"):
         build_report([run_dir.parent / "imagesTr"], tmp_path / "x.html")
-    with pytest.raises(InputError, match="not found"):
+    with pytest.raises(NotFoundError, match="not found"):
         build_report([run_dir], tmp_path / "x.html", images_dir=tmp_path / "missing")
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())

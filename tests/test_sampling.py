@@ -12,7 +12,11 @@ from scipy.stats import chisquare
 from voxseg.data.labels import IGNORE
 from voxseg.errors import SettingsError
 from voxseg.preprocessing.store import Store, write_case
-from voxseg.sampling.case_sampler import CaseSampler, apply_floor_cap, foreground_rarity_weights
+from voxseg.sampling.case_sampler import (
+    CaseSampler,
+    apply_floor_cap,
+    foreground_rarity_weights,
+)
 from voxseg.sampling.config import SamplingSettings
 from voxseg.sampling.patch_sampler import PatchSampler, forced_flags
 

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from voxseg.errors import SettingsError
+from voxseg.errors import NotFoundError, SettingsError
 from voxseg.training.settings import Settings, load_settings, settings_from_dict
 
 
@@ -70,7 +70,7 @@ def test_yaml_round_trip_and_digest(tmp_path):
 
 
 def test_missing_or_bad_file(tmp_path):
-    with pytest.raises(SettingsError, match="not found"):
+    with pytest.raises(NotFoundError, match="not found"):
         load_settings(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("training: [1, 2\n")

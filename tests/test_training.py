@@ -104,7 +104,7 @@ def test_augmentation_runs_where_the_setting_says(tiny_work, where, in_loader):
     RecordingTrainer.seen = []
     train(tiny_work, "3d_fullres", "0", quick(f"augmentation.where={where}", "sampling.workers=1"),
           trainer=RecordingTrainer, device="cpu", name=f"where-{where}")
-    from voxseg.planning.plan import load_plans
+    from voxseg.plans import load_plans
 
     patch = tuple(load_plans(tiny_work).configuration("3d_fullres").patch_size)
     assert len(RecordingTrainer.seen) == 2

@@ -1,7 +1,9 @@
 """Error types for user mistakes.
 
 Every error a user can cause carries the offending path and the fix, so the CLI can print one line
-instead of a traceback. Bugs in voxseg itself stay ordinary exceptions.
+instead of a traceback. Bugs in voxseg itself stay ordinary exceptions. Each type also derives from
+the matching built-in (ValueError, or FileNotFoundError for `NotFoundError`), so library users can
+write ``except ValueError`` as they would for any other bad input.
 """
 
 from __future__ import annotations
@@ -24,22 +26,29 @@ class VoxsegError(Exception):
             text += f" (fix: {self.fix})"
         return text
 
+    def __str__(self) -> str:
+        return self.one_line()
 
-class DatasetError(VoxsegError):
+
+class DatasetError(VoxsegError, ValueError):
     """The raw dataset (dataset.json, image or label files) is malformed."""
 
 
-class PlanError(VoxsegError):
+class PlanError(VoxsegError, ValueError):
     """Planning inputs or overrides cannot be satisfied."""
 
 
-class SettingsError(VoxsegError):
+class SettingsError(VoxsegError, ValueError):
     """A training/inference setting is unknown or has a bad value."""
 
 
-class InputError(VoxsegError):
+class InputError(VoxsegError, ValueError):
     """A command-line argument or input folder is wrong."""
 
 
-class CheckpointError(VoxsegError):
-    """A checkpoint or run folder is missing or incompatible."""
+class CheckpointError(VoxsegError, ValueError):
+    """A checkpoint, run folder or model file is missing parts or incompatible."""
+
+
+class NotFoundError(VoxsegError, FileNotFoundError):
+    """A file or folder the user named (or a stage needs) does not exist."""

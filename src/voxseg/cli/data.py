@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from voxseg.errors import InputError
+from voxseg.errors import NotFoundError
 
 
 def _size_range(text: str) -> tuple[int, int]:
@@ -38,7 +38,7 @@ def run_verify(args: argparse.Namespace) -> int:
     from voxseg.data.verify import verify_dataset
 
     if not args.dataset.is_dir():
-        raise InputError("dataset folder not found", path=args.dataset, fix="pass the folder holding dataset.json")
+        raise NotFoundError("dataset folder not found", path=args.dataset, fix="pass the folder holding dataset.json")
     problems = verify_dataset(args.dataset, workers=args.workers)
     for p in problems:
         print(p)

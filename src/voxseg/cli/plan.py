@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from voxseg.errors import InputError
+from voxseg.errors import InputError, NotFoundError
 
 
 def _numbers(kind: type, name: str):
@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, metavar="N")
     p.add_argument("--spacing", type=_numbers(float, "--spacing"), metavar="Z,Y,X", help="target spacing, dataset axis order")
     p.add_argument("--architecture", default="plain_unet", choices=("plain_unet", "resenc_unet"))
+    p.add_argument("--normalization", default=None, metavar="C=SCHEME,...",
+                   help="override the scheme chosen from channel_names, e.g. 0=noNorm,1=zscore "
+                        "(CT, zscore, noNorm, rescale_to_0_1, rgb_to_0_1)")
     p.add_argument("-j", "--workers", type=int, default=None, help="processes (default: all cores)")
     p.set_defaults(func=run_plan)
 
@@ -48,15 +51,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    from voxseg.planning.normalization import describe, parse_overrides
     from voxseg.planning.planner import PlannerOptions, plan_and_save
 
     if not args.dataset.is_dir():
-        raise InputError("dataset folder not found", path=args.dataset, fix="pass the folder holding dataset.json")
+        raise NotFoundError("dataset folder not found", path=args.dataset, fix="pass the folder holding dataset.json")
     if args.batch_size is not None and args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}", fix="e.g. --batch-size 2")
     options = PlannerOptions(gpu_memory_gb=args.gpu_memory, configs=args.configs, patch_size=args.patch_size,
-                             batch_size=args.batch_size, spacing=args.spacing, architecture=args.architecture)
+                             batch_size=args.batch_size, spacing=args.spacing, architecture=args.architecture,
+                             normalization=parse_overrides(args.normalization) if args.normalization else None)
     plan = plan_and_save(args.dataset, args.output, options, workers=args.workers)
+    for c, (name, norm) in enumerate(zip(plan.channel_names, plan.normalization)):
+        print(f"channel {c} ({name}): {describe(norm)}")
+    if plan.is_region_based:
+        print(f"region-based: {len(plan.regions)} sigmoid outputs {dict(zip(plan.region_names, plan.regions))}, "
+              f"painted in order {plan.regions_class_order}")
     for name, cfg in plan.configurations.items():
         est = cfg.memory["estimate_bytes"] / 1e9
         print(f"{name:>10}: spacing {[round(s, 3) for s in cfg.spacing]} patch {cfg.patch_size} batch {cfg.batch_size} "

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from voxseg.errors import DatasetError
+from voxseg.errors import DatasetError, NotFoundError
 from voxseg.io_utils import atomic_path
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -87,7 +87,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
     """Read one single-channel image; raise DatasetError naming the file if it cannot be read."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError("file not found", path=path, fix="check the file name and the dataset's file_ending")
+        raise NotFoundError("file not found", path=path, fix="check the file name and the dataset's file_ending")
     _check_supported(path)
     try:
         img = sitk.ReadImage(str(path))

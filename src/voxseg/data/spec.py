@@ -17,7 +17,7 @@ import numpy as np
 
 from voxseg.data.io import Geometry, read_image
 from voxseg.data.labels import IGNORE
-from voxseg.errors import DatasetError
+from voxseg.errors import DatasetError, NotFoundError
 
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -81,10 +81,10 @@ def _fail(root: Path, message: str, fix: str) -> DatasetError:
 def read_dataset_json(root: Path) -> dict:
     """dataset.json of a dataset folder as a dict; DatasetError naming the problem otherwise."""
     if not root.is_dir():
-        raise DatasetError("dataset folder not found", path=root, fix="pass the folder that holds dataset.json and imagesTr/")
+        raise NotFoundError("dataset folder not found", path=root, fix="pass the folder that holds dataset.json and imagesTr/")
     path = root / "dataset.json"
     if not path.is_file():
-        raise DatasetError("dataset.json not found", path=root, fix="create dataset.json as in nnU-Net v2 (channel_names, labels, file_ending)")
+        raise NotFoundError("dataset.json not found", path=root, fix="create dataset.json as in nnU-Net v2 (channel_names, labels, file_ending)")
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -197,7 +197,7 @@ def case_id_of(path: Path, ending: str) -> tuple[str, int] | None:
 def _scan_cases(root: Path, images_dir: str, labels_dir: str | None, ending: str, n_channels: int) -> tuple[CaseFiles, ...]:
     images = root / images_dir
     if not images.is_dir():
-        raise DatasetError(f"folder {images_dir}/ not found", path=root, fix=f"put the images in {root / images_dir}")
+        raise NotFoundError(f"folder {images_dir}/ not found", path=root, fix=f"put the images in {root / images_dir}")
     ids = {parsed[0] for p in images.iterdir() if (parsed := case_id_of(p, ending))}
     if labels_dir and (root / labels_dir).is_dir():
         ids |= {p.name[: -len(ending)] for p in (root / labels_dir).iterdir() if p.name.endswith(ending)}

@@ -8,18 +8,16 @@ nothing is ever written into the dataset folder.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from voxseg.data.io import SUPPORTED_ENDINGS, count_non_finite, file_ending, read_image
 from voxseg.data.spec import CaseFiles, DatasetSpec, case_id_of, load_dataset
 from voxseg.errors import DatasetError
+from voxseg.parallel import map_cases
 
 
 @dataclass(frozen=True)
@@ -78,6 +76,10 @@ def _check_case(case: CaseFiles, declared: tuple[int, ...], ignore_value: int | 
             if undeclared:
                 problems.append(Problem(str(path), f"label values {undeclared} are not declared in dataset.json", "declare them under 'labels' or fix the label map"))
     return CaseReport(tuple(problems), ndim)
+
+
+def _check_job(job: tuple) -> CaseReport:
+    return _check_case(*job)
 
 
 def _compare(path: Path, shape, geom, ref_shape, ref_geom, ref_name: str) -> list[Problem]:
@@ -149,13 +151,7 @@ def verify_dataset(root: str | Path, workers: int | None = None, progress: bool 
         (case, declared, spec.ignore_value, tuple(d / f"{case.case_id}{spec.file_ending}" for d in extra_dirs.values()))
         for case in cases
     ]
-    workers = workers or os.cpu_count() or 1
-    bar = dict(total=len(jobs), desc="verify", unit="case", disable=not progress)
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
-            reports = list(tqdm(pool.map(_check_case, *zip(*jobs)), **bar))
-    else:
-        reports = [_check_case(*j) for j in tqdm(jobs, **bar)]
+    reports = map_cases(_check_job, jobs, workers, desc="verify", progress=progress)
     for rep in reports:
         problems += rep.problems
     dims = Counter(r.ndim for r in reports if r.ndim is not None)

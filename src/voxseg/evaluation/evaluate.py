@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import csv
 import io
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from voxseg.data.io import Geometry, read_image
 from voxseg.data.spec import map_label_values, parse_labels, read_dataset_json
-from voxseg.errors import InputError
-from voxseg.evaluation.metrics import ALL_METRICS, compute_metrics, foreground_mean, label_key, mean_metrics
+from voxseg.errors import InputError, NotFoundError
+from voxseg.evaluation.metrics import (
+    ALL_METRICS,
+    compute_metrics,
+    foreground_mean,
+    label_key,
+    mean_metrics,
+)
 from voxseg.io_utils import atomic_write_json, atomic_write_text
+from voxseg.parallel import map_cases
 
 CSV_COLUMNS = ("case_id", "label", "name", "TP", "FP", "FN", "TN", "n_pred", "n_ref", "Dice", "IoU", "HD95", "NSD")
 
@@ -44,7 +49,7 @@ def load_label_setup(dataset_json: str | Path) -> LabelSetup:
     if path.is_dir():
         path = path / "dataset.json"
     if not path.is_file():
-        raise InputError("dataset.json not found", path=path, fix="pass -d DATASET_FOLDER/dataset.json")
+        raise NotFoundError("dataset.json not found", path=path, fix="pass -d DATASET_FOLDER/dataset.json")
     meta = read_dataset_json(path.parent)
     labels, ignore, regions = parse_labels(path.parent, meta.get("labels"))
     ending = meta.get("file_ending")
@@ -68,7 +73,7 @@ def match_cases(pred_dir: str | Path, ref_dir: str | Path, file_ending: str) -> 
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     for folder, what in ((pred_dir, "prediction"), (ref_dir, "reference")):
         if not folder.is_dir():
-            raise InputError(f"{what} folder not found", path=folder, fix=f"pass the folder holding the {what} files")
+            raise NotFoundError(f"{what} folder not found", path=folder, fix=f"pass the folder holding the {what} files")
     preds = sorted(p for p in pred_dir.iterdir() if p.name.endswith(file_ending) and not p.name.startswith("."))
     if not preds:
         raise InputError(f"no prediction files ending in {file_ending}", path=pred_dir,
@@ -136,12 +141,7 @@ def evaluate_folders(
         raise InputError(f"NSD tolerance {nsd_tolerance} mm is negative", fix="pass a tolerance >= 0 in millimetres")
     setup = load_label_setup(dataset_json)
     jobs = [(cid, p, r, setup, tuple(metrics), nsd_tolerance) for cid, p, r in match_cases(pred_dir, ref_dir, setup.file_ending)]
-    bar = dict(total=len(jobs), desc="evaluate", unit="case", disable=not progress)
-    if num_workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=min(num_workers, len(jobs))) as pool:
-            per_case = list(tqdm(pool.map(_evaluate_job, jobs), **bar))
-    else:
-        per_case = [_evaluate_job(job) for job in tqdm(jobs, **bar)]
+    per_case = map_cases(_evaluate_job, jobs, num_workers, desc="evaluate", progress=progress)
     means = mean_metrics([c["metrics"] for c in per_case])
     summary = {
         "foreground_mean": foreground_mean(means),

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from voxseg.data.io import read_image  # noqa: E402
 from voxseg.data.labels import IGNORE  # noqa: E402
-from voxseg.errors import InputError  # noqa: E402
+from voxseg.errors import InputError, NotFoundError  # noqa: E402
 from voxseg.evaluation.metrics import nanmean  # noqa: E402
 from voxseg.io_utils import atomic_write_text  # noqa: E402
 
@@ -54,7 +54,7 @@ def discover(path: str | Path) -> Source:
     if path.is_file() and path.name.endswith(".json"):
         return Source(path.parent, summaries=[path])
     if not path.is_dir():
-        raise InputError("report input not found", path=path, fix="pass a run folder, a prediction folder or a summary.json")
+        raise NotFoundError("report input not found", path=path, fix="pass a run folder, a prediction folder or a summary.json")
     folders = [path, *sorted(p for p in path.glob("fold_*") if p.is_dir())]
     source = Source(path)
     for folder in folders:
@@ -377,7 +377,7 @@ def build_report(
     labels_dir = Path(labels_dir) if labels_dir else None
     for folder, flag in ((images_dir, "--images"), (labels_dir, "--labels")):
         if folder is not None and not folder.is_dir():
-            raise InputError("folder not found", path=folder, fix=f"pass an existing folder to {flag}")
+            raise NotFoundError("folder not found", path=folder, fix=f"pass an existing folder to {flag}")
     sources = [discover(p) for p in inputs]
     body = []
     for source in sources:

@@ -16,8 +16,8 @@ from typing import Iterable, Sequence
 import cc3d
 import numpy as np
 
-from voxseg.errors import InputError
 from voxseg.data.labels import IGNORE
+from voxseg.errors import InputError
 from voxseg.evaluation.evaluate import iter_case_pairs, load_label_setup
 from voxseg.evaluation.metrics import nanmean, region_metrics
 from voxseg.io_utils import atomic_write_json

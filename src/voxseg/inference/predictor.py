@@ -25,12 +25,12 @@ from tqdm import tqdm
 
 from voxseg.data.io import Geometry, file_ending, read_case_images, write_image
 from voxseg.data.spec import case_id_of
-from voxseg.errors import CheckpointError, InputError, VoxsegError
+from voxseg.errors import CheckpointError, InputError, NotFoundError, VoxsegError
 from voxseg.inference import ensemble
 from voxseg.inference.postprocess import apply_postprocessing
-from voxseg.inference.sliding_window import plan_accumulation, sliding_window
-from voxseg.planning.plan import Plan
 from voxseg.inference.restore import restore_shape
+from voxseg.inference.sliding_window import plan_accumulation, sliding_window
+from voxseg.plans import Plan
 from voxseg.preprocessing.preprocess import preprocess_case
 from voxseg.training.checkpoint import load_checkpoint
 from voxseg.training.settings import settings_from_dict
@@ -103,7 +103,7 @@ class CaseInput:
 
 def discover_cases(input_dir: Path, n_channels: int) -> tuple[list[CaseInput], str]:
     if not input_dir.is_dir():
-        raise InputError("input folder not found", path=input_dir, fix="pass a folder of CASE_0000<ending> images")
+        raise NotFoundError("input folder not found", path=input_dir, fix="pass a folder of CASE_0000<ending> images")
     files = sorted(p for p in input_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     endings = {file_ending(p) for p in files if case_id_of(p, file_ending(p))}
     if not endings:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from voxseg.data.crop import nonzero_bbox
 from voxseg.data.io import read_case_images
 from voxseg.data.spec import DatasetSpec, read_label
 from voxseg.io_utils import atomic_write_json
-from voxseg.preprocessing.workers import map_cases
-from voxseg.preprocessing.crop import nonzero_bbox
+from voxseg.parallel import map_cases
 
 FINGERPRINT_FILE = "fingerprint.json"
 SAMPLES_PER_CASE = 10_000

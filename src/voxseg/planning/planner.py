@@ -11,7 +11,6 @@ model; an override that cannot fit raises PlanError naming what would.
 from __future__ import annotations
 
 import dataclasses
-
 import math
 import sys
 from dataclasses import dataclass, field
@@ -25,10 +24,14 @@ from voxseg.errors import DatasetError, PlanError
 from voxseg.io_utils import atomic_write_text
 from voxseg.planning.fingerprint import Fingerprint, load_or_compute_fingerprint
 from voxseg.planning.memory import estimate_training_memory
-from voxseg.planning.plan import ConfigurationPlan, Plan
+from voxseg.planning.normalization import plan_normalization
 from voxseg.planning.spacing import median_shape_at, target_spacing, transpose_for
-from voxseg.planning.topology import deep_supervision_scales, network_dict, pooling_topology
-from voxseg.preprocessing.normalize import plan_normalization
+from voxseg.planning.topology import (
+    deep_supervision_scales,
+    network_dict,
+    pooling_topology,
+)
+from voxseg.plans import ConfigurationPlan, Plan
 
 CONFIGS = ("2d", "3d_fullres", "3d_lowres")
 INITIAL_PATCH_VOXELS = {2: 2048**2, 3: 256**3}
@@ -48,6 +51,7 @@ class PlannerOptions:
     spacing: tuple[float, ...] | None = None    # dataset array order; 2d uses the in-plane part
     architecture: str = "plain_unet"
     precision_bytes: int = 2                    # bf16 autocast
+    normalization: dict[int, str] | None = None  # channel -> scheme, overrides the channel names
 
     @property
     def budget_bytes(self) -> float:
@@ -208,8 +212,13 @@ def plan_dataset(spec: DatasetSpec, fingerprint: Fingerprint, options: PlannerOp
         channel_names=list(spec.channel_names),
         transpose_forward=forward,
         transpose_backward=backward,
-        normalization=plan_normalization(spec.channel_names, fingerprint.channel_stats, fingerprint.median_kept_fraction),
+        normalization=plan_normalization(spec.channel_names, fingerprint.channel_stats, fingerprint.median_kept_fraction,
+                                         options.normalization),
         configurations=configs,
+        class_names=spec.class_names,
+        regions=[list(r) for r in spec.regions.values()] if spec.regions else None,
+        region_names=list(spec.regions) if spec.regions else None,
+        regions_class_order=list(spec.regions_class_order) if spec.regions_class_order else None,
     )
 
 

@@ -20,16 +20,20 @@ from typing import Sequence
 
 import numpy as np
 
+from voxseg.data.crop import crop, filled_nonzero_mask, nonzero_bbox, uncrop
 from voxseg.data.io import Geometry, read_case_images
 from voxseg.data.spec import DatasetSpec, load_dataset, read_label
-from voxseg.planning.plan import Plan, load_plans
-from voxseg.preprocessing.crop import crop, filled_nonzero_mask, nonzero_bbox, uncrop
+from voxseg.parallel import map_cases
+from voxseg.plans import Plan, load_plans
 from voxseg.preprocessing.locations import case_seed, class_locations
 from voxseg.preprocessing.normalize import normalize_channels
-from voxseg.preprocessing.resample import coarse_axis_for, resample_channels, resample_labels
+from voxseg.preprocessing.resample import (
+    coarse_axis_for,
+    resample_channels,
+    resample_labels,
+)
 from voxseg.preprocessing.splits import load_or_create_splits
 from voxseg.preprocessing.store import Store, label_dtype, write_case
-from voxseg.preprocessing.workers import map_cases
 
 FLAT_AXIS_SPACING = 999.0  # 2D images get a singleton slice axis, as nnU-Net does
 

@@ -6,11 +6,11 @@ typed settings can nest it and every bad value becomes one `SettingsError` line 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Optional
 
 from voxseg.errors import SettingsError
+from voxseg.parallel import default_workers
 
 BUILTIN_CASE_WEIGHTS = ("uniform", "foreground_rarity")
 
@@ -80,4 +80,4 @@ class SamplingSettings:
     def resolved_workers(self) -> int:
         if self.workers is not None:
             return self.workers
-        return min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 4)
+        return min(default_workers(), 4)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from voxseg.errors import CheckpointError
+from voxseg.errors import CheckpointError, NotFoundError
 from voxseg.io_utils import atomic_path
 
 
@@ -36,7 +36,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError("checkpoint not found", path=path, fix="train first, or pick another --checkpoint (final|best|latest)")
+        raise NotFoundError("checkpoint not found", path=path, fix="train first, or pick another --checkpoint (final|best|latest)")
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # a truncated or foreign file: say which one

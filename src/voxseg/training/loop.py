@@ -17,7 +17,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from voxseg.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from voxseg.training.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from voxseg.training.runlog import append_log, plot_progress, read_log, truncate_log
 from voxseg.training.trainer import Trainer
 

@@ -18,7 +18,7 @@ import torch
 from voxseg.errors import CheckpointError, InputError
 from voxseg.io_utils import atomic_write_json, atomic_write_text
 from voxseg.planning.fingerprint import Fingerprint
-from voxseg.planning.plan import load_plans
+from voxseg.plans import load_plans
 from voxseg.preprocessing.splits import load_or_create_splits
 from voxseg.preprocessing.store import Store
 from voxseg.training.distributed import init_distributed, shutdown_distributed

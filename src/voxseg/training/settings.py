@@ -20,7 +20,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from voxseg.augment.config import AugmentationSettings
-from voxseg.errors import SettingsError
+from voxseg.errors import NotFoundError, SettingsError
 from voxseg.losses.config import LossSettings
 from voxseg.model.config import HeadSettings, ModelSettings, check_head_names
 from voxseg.sampling.config import SamplingSettings
@@ -205,7 +205,7 @@ def load_settings(path: str | Path | None = None, overrides: list[str] | tuple[s
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise SettingsError("settings file not found", fix="pass an existing YAML file to --settings")
+            raise NotFoundError("settings file not found", fix="pass an existing YAML file to --settings")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:

@@ -25,11 +25,11 @@ from torch import Tensor, nn
 
 from voxseg.augment.pipeline import Augmenter, downsample_targets
 from voxseg.data.labels import IGNORE
-from voxseg.errors import InputError, SettingsError
+from voxseg.errors import InputError, NotFoundError, SettingsError
 from voxseg.losses.build import build_loss
 from voxseg.losses.class_weights import resolve_class_weights
 from voxseg.model.registry import build_network
-from voxseg.planning.plan import ConfigurationPlan, Plan
+from voxseg.plans import ConfigurationPlan, Plan
 from voxseg.preprocessing.store import Store
 from voxseg.sampling.case_sampler import CaseSampler
 from voxseg.sampling.loader import Batch, PatchLoader
@@ -359,7 +359,7 @@ def load_trainer(spec: str) -> type[Trainer]:
     if where.endswith(".py"):
         path = Path(where)
         if not path.is_file():
-            raise InputError("trainer file not found", path=path, fix="pass path/to/file.py:ClassName")
+            raise NotFoundError("trainer file not found", path=path, fix="pass path/to/file.py:ClassName")
         name = f"voxseg_user_trainer_{path.stem}"
         mod_spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(mod_spec)

@@ -3,10 +3,12 @@
 voxseg train WORK 3d_fullres 0 --trainer examples/two_output_trainer.py:TwoOutputTrainer
 (The same without code: a `heads:` entry in the settings YAML, see docs/multi-output.md.)
 """
+import dataclasses
+
 import torch.nn.functional as F
 
 from voxseg.data.labels import IGNORE
-from voxseg.model import build_network
+from voxseg.model.build import build_from_spec
 from voxseg.model.config import HeadSettings
 from voxseg.training.trainer import Trainer
 
@@ -14,10 +16,10 @@ from voxseg.training.trainer import Trainer
 class TwoOutputTrainer(Trainer):
     fg_weight = 0.3
 
-    def build_network(self):
+    @classmethod
+    def build_network_architecture(cls, spec):  # a classmethod: predict rebuilds it from the checkpoint
         fg = HeadSettings(name="fg", target="foreground", loss="bce")
-        cfg = self.ctx.config
-        return build_network(cfg.network, self.ctx.in_channels, self.ctx.plan.num_classes, settings=self.settings.model, heads=[fg])
+        return build_from_spec(dataclasses.replace(spec, heads=(fg,)))
 
     def compute_loss(self, outputs, batch):
         parts = self.loss(outputs, batch.targets, batch.weights)  # Dice + CE on "seg"

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from voxseg.data.io import read_image
-from voxseg.inference.predictor import ModelGroup, Predictor, predict
+from voxseg.inference.cohort import predict
+from voxseg.inference.models import ModelGroup
+from voxseg.inference.predictor import Predictor
 from voxseg.inference.restore import restore_shape
 from voxseg.plans import load_plans
 from voxseg.preprocessing.preprocess import preprocess_case, restore_channels
@@ -52,7 +54,7 @@ def test_device_restore_matches_numpy_restore(tiny_work, demo_dataset):
     image, _, props = preprocess_case(images, geometry, plan, "3d_fullres")
     x = torch.from_numpy(image[0])
     probs = torch.softmax(torch.stack([torch.zeros_like(x), 3 * x, -3 * x]), 0)  # smooth, like a network's
-    ours = restore_shape(probs, props, fill_background=True).numpy()
+    ours = restore_shape(probs, props, fill=[1.0, 0.0, 0.0]).numpy()
     ref = restore_channels(probs.numpy(), props, order=1, fill=[1.0, 0.0, 0.0])
     assert ours.shape == ref.shape == (3, *images.shape[1:])
     assert (ours.argmax(0) == ref.argmax(0)).mean() > 0.97
@@ -60,7 +62,7 @@ def test_device_restore_matches_numpy_restore(tiny_work, demo_dataset):
 
 def test_fold_ensemble_averages_probabilities(trained, tiny_work, demo_dataset):
     from voxseg.data.spec import load_dataset
-    from voxseg.inference.predictor import load_models
+    from voxseg.inference.models import load_models
 
     spec = load_dataset(demo_dataset)
     (group,) = load_models([trained], None, "final", torch.device("cpu"))

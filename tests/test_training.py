@@ -6,17 +6,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from voxseg.training.checkpoint import load_checkpoint
+from voxseg.model.checkpoint import load_checkpoint
+from voxseg.runlog import read_log
 from voxseg.training.run import train
-from voxseg.training.runlog import read_log
 from voxseg.training.settings import load_settings
 from voxseg.training.trainer import Trainer
+from voxseg.workflows.train import train_fold
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 QUICK = [
     "training.iterations_per_epoch=2",
     "training.val_iterations=1",
-    "training.checkpoint_every=1",
     "training.final_validation=false",
     "sampling.workers=0",
 ]
@@ -27,7 +27,7 @@ def quick(*extra: str, epochs: int = 1):
 
 
 def test_run_folder_contents_and_log(tiny_work):
-    run = train(tiny_work, "3d_fullres", "0", quick("training.final_validation=true", epochs=2), device="cpu", name="contents")
+    run = train_fold(tiny_work, "3d_fullres", "0", quick("training.final_validation=true", epochs=2), device="cpu", name="contents")
     for name in ("settings.yaml", "run.json", "log.jsonl", "progress.png", "sampling_stats.json", "class_weights.json",
                  "checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt", "validation/summary.json"):
         assert (run / name).is_file(), name
@@ -82,7 +82,7 @@ def test_example_trainers_run_and_predict(tiny_work, tmp_path, demo_dataset, spe
     run = train(tiny_work, "3d_fullres", "0", quick(), trainer=str(EXAMPLES / spec), device="cpu")
     assert logged in read_log(run / "log.jsonl")[0]
     assert run.parent.name.split("__")[1] == spec.split(":")[1]
-    from voxseg.inference.predictor import predict
+    from voxseg.inference.cohort import predict
 
     assert predict([run.parent], demo_dataset / "imagesTs", tmp_path / "pred", tta=False, device="cpu", progress=False) == []
     assert len(list((tmp_path / "pred").glob("*.nii.gz"))) == 2

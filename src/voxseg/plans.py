@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from voxseg.errors import NotFoundError, PlanError
 from voxseg.io_utils import atomic_write_json
 
 PLANS_FILE = "plans.json"
+# An axis more than this much coarser than the finest is "anisotropic": planned and resampled apart.
+ANISOTROPY_RATIO = 3.0
 # nnU-Net's channel-name -> scheme mapping (case-insensitive); any other name means z-score.
 NORMALIZATION_SCHEMES = ("ct", "zscore", "nonorm", "rescale_to_0_1", "rgb_to_0_1")
 
@@ -129,6 +132,11 @@ class Plan:
         path = Path(work_dir) / PLANS_FILE
         atomic_write_json(path, self.to_json())
         return path
+
+
+def is_anisotropic(spacing: Sequence[float]) -> bool:
+    """True when the coarsest axis is more than 3x the finest: that axis is resampled on its own."""
+    return max(spacing) / min(spacing) > ANISOTROPY_RATIO
 
 
 def load_plans(work_dir: str | Path) -> Plan:

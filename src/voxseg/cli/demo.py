@@ -17,7 +17,7 @@ from voxseg.errors import DatasetError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole pipeline on built-in demo data")
     p.add_argument("-o", "--out", type=Path, default=Path("voxseg_demo"), help="output folder (default ./voxseg_demo)")
-    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 12 on CPU, 50 on GPU)")
     p.add_argument("--cases", type=int, default=12, help="training cases (3 more are held out for testing)")
     p.set_defaults(func=run_demo)
@@ -39,13 +39,14 @@ class _Stages:
 def run_demo(args: argparse.Namespace) -> int:
     from voxseg.data.demo import make_demo_dataset
     from voxseg.data.verify import verify_dataset
+    from voxseg.device import resolve_device
     from voxseg.evaluation.evaluate import evaluate_folders
     from voxseg.evaluation.report import build_report
-    from voxseg.inference.predictor import predict
+    from voxseg.inference.cohort import predict
     from voxseg.planning.planner import PlannerOptions, plan_and_save
     from voxseg.preprocessing.preprocess import preprocess_dataset
-    from voxseg.training.run import resolve_device, train
     from voxseg.training.settings import load_settings
+    from voxseg.workflows.train import train_fold
 
     out: Path = args.out
     raw, work, preds = out / "raw", out / "work", out / "predictions"
@@ -76,7 +77,7 @@ def run_demo(args: argparse.Namespace) -> int:
     epochs = args.epochs or (12 if cpu else 50)
     stage(f"train fold 0 ({epochs} epochs x 25 iterations on {device})")
     settings = load_settings(None, [f"training.epochs={epochs}", "training.iterations_per_epoch=25", "training.val_iterations=5"])
-    run_fold = train(work, "3d_fullres", "0", settings, device=args.device, name="demo")
+    run_fold = train_fold(work, "3d_fullres", "0", settings, device=args.device, name="demo")
 
     stage(f"predict held-out cases -> {preds}")
     # Mirroring TTA costs 8 forward passes per tile in 3D: on a CPU the demo skips it.

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-tta", action="store_true", help="skip mirroring test-time augmentation (8x faster in 3D)")
     p.add_argument("--step-size", type=float, default=0.5, help="tile step as a fraction of the patch")
     p.add_argument("--tile-batch", type=int, default=None, help="tiles per forward pass, mirror flips ride along (default: 4 on a GPU, 1 on a CPU)")
-    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
     p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz class probabilities")
     p.add_argument("--heads", action="store_true", help="also write extra heads as CASE_<head><ending>")
     p.set_defaults(func=run_predict)
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from voxseg.inference.predictor import predict
+    from voxseg.inference.cohort import predict
 
     failed = predict(
         args.models, args.input, args.output, folds=args.folds, checkpoint=args.checkpoint, tta=not args.no_tta,

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--settings", type=Path, default=None, help="YAML file with settings groups")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one setting, e.g. training.epochs=50 (repeatable)")
     p.add_argument("--trainer", default="default", help="registered name, package.module:Class or path/file.py:Class")
-    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
     p.add_argument("--resume", action="store_true", help="continue from checkpoint_latest.pt")
     p.add_argument("--name", default=None, help="run name instead of the settings hash")
     p.add_argument("--gpus", type=int, default=1, help="GPUs on this node: >1 relaunches under torchrun")
@@ -34,10 +34,10 @@ def run_train(args: argparse.Namespace) -> int:
                 argv.append(a)
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.gpus}", "-m", "voxseg", *argv]
         os.execv(sys.executable, cmd)
-    from voxseg.training.run import train
     from voxseg.training.settings import load_settings
+    from voxseg.workflows.train import train_fold
 
     settings = load_settings(args.settings, args.overrides)
-    run_dir = train(args.work_dir, args.config, args.fold, settings, trainer=args.trainer, device=args.device, resume=args.resume, name=args.name)
+    run_dir = train_fold(args.work_dir, args.config, args.fold, settings, trainer=args.trainer, device=args.device, resume=args.resume, name=args.name)
     print(f"done: {run_dir}")
     return 0

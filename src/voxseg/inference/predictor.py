@@ -1,126 +1,40 @@
-"""`voxseg predict`: raw images in, segmentations with the input's exact geometry out.
+"""The predictor: one case's images in, its segmentation (and probabilities) on the input grid out.
 
-Per case: read -> preprocess exactly as in training -> sliding window (Gaussian, batched tiles and
-mirror flips, mixed precision) for every fold/model -> softmax probabilities averaged -> resampled
-back to the original spacing on the device -> argmax -> crop and transpose undone -> optional
-post-processing rule -> atomic write. Reading/preprocessing of the next case and writing of the
-previous one run in background threads while the device works on the current case (numpy, torch
-and SimpleITK release the GIL in their heavy parts).
+Per case: preprocess exactly as in training -> sliding window (Gaussian, batched tiles and mirror
+flips, mixed precision) for every network of every model group -> probabilities averaged (softmax,
+or sigmoid per region) -> resampled back to the original spacing on the device -> decoded (argmax,
+or regions painted in order) -> crop and transpose undone -> optional post-processing rule.
+Folders of cases, with background reading and writing, are `voxseg.inference.cohort`'s job.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import sys
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from voxseg.data.io import Geometry, file_ending, read_case_images, write_image
-from voxseg.data.spec import case_id_of
-from voxseg.errors import CheckpointError, InputError, NotFoundError, VoxsegError
-from voxseg.inference import ensemble
+from voxseg.data.io import Geometry
+from voxseg.device import autocast_dtype
+from voxseg.errors import CheckpointError
+from voxseg.inference.models import ModelGroup
 from voxseg.inference.postprocess import apply_postprocessing
 from voxseg.inference.restore import restore_shape
 from voxseg.inference.sliding_window import plan_accumulation, sliding_window
-from voxseg.plans import Plan
+from voxseg.model.outputs import OutputScheme
 from voxseg.preprocessing.preprocess import preprocess_case
-from voxseg.training.checkpoint import load_checkpoint
-from voxseg.training.settings import settings_from_dict
-from voxseg.training.trainer import TrainingContext, autocast_dtype, load_trainer
-
-CHECKPOINTS = ("final", "best", "latest")
-
-
-@dataclass
-class ModelGroup:
-    """Networks (folds/runs) sharing one plan configuration, so a case is preprocessed once for all."""
-
-    plan: Plan
-    config_name: str
-    networks: list[nn.Module] = field(default_factory=list)
-    head_names: list[str] = field(default_factory=list)
-
-    @property
-    def config(self):
-        return self.plan.configuration(self.config_name)
-
-
-def fold_dirs(run_dir: Path, folds: Sequence[str] | None) -> list[Path]:
-    """A fold folder itself, or the fold_* folders of a run folder (all, or the requested ones)."""
-    if any((run_dir / f"checkpoint_{c}.pt").is_file() for c in CHECKPOINTS):
-        return [run_dir]
-    found = sorted(p for p in run_dir.glob("fold_*") if p.is_dir())
-    if folds is not None:
-        found = [run_dir / f"fold_{f}" for f in folds]
-    if not found:
-        raise CheckpointError("no trained folds found", path=run_dir, fix="pass a run folder holding fold_N/ with checkpoints (train first)")
-    return found
-
-
-def build_from_meta(meta: dict, device: torch.device) -> tuple[nn.Module, Plan, str, list[str]]:
-    plan = Plan.from_json(meta["plan"])
-    settings = settings_from_dict(meta["settings"])
-    ctx = TrainingContext(plan, meta["config_name"], settings, None, [], [], Path("."), device, [], meta.get("class_names", []))
-    network = load_trainer(meta["trainer"])(ctx).build_network()
-    return network, plan, meta["config_name"], [h.name for h in settings.heads]
-
-
-def load_models(run_dirs: Sequence[Path], folds: Sequence[str] | None, checkpoint: str, device: torch.device) -> list[ModelGroup]:
-    groups: dict[tuple[str, str], ModelGroup] = {}
-    for run_dir in run_dirs:
-        for fold_dir in fold_dirs(Path(run_dir), folds):
-            ckpt = load_checkpoint(fold_dir / f"checkpoint_{checkpoint}.pt", map_location="cpu")
-            network, plan, config_name, heads = build_from_meta(ckpt["meta"], device)
-            network.load_state_dict(ckpt["trainer"]["network"])
-            network.to(device).eval()
-            key = (json.dumps(ckpt["meta"]["plan"], sort_keys=True), config_name)
-            group = groups.setdefault(key, ModelGroup(plan, config_name, head_names=heads))
-            group.networks.append(network)
-    return list(groups.values())
-
-
-def load_postprocessing(run_dirs: Sequence[Path]) -> dict | None:
-    """A rule saved by `voxseg find-postprocessing` beside a single run's folds."""
-    rules = [Path(r) / "postprocessing.json" for r in run_dirs]
-    if len(run_dirs) == 1 and rules[0].is_file():
-        return json.loads(rules[0].read_text())
-    return None
-
-
-@dataclass
-class CaseInput:
-    case_id: str
-    files: list[Path]
-
-
-def discover_cases(input_dir: Path, n_channels: int) -> tuple[list[CaseInput], str]:
-    if not input_dir.is_dir():
-        raise NotFoundError("input folder not found", path=input_dir, fix="pass a folder of CASE_0000<ending> images")
-    files = sorted(p for p in input_dir.iterdir() if p.is_file() and not p.name.startswith("."))
-    endings = {file_ending(p) for p in files if case_id_of(p, file_ending(p))}
-    if not endings:
-        raise InputError("no images named CASE_0000<ending> found", path=input_dir, fix="name images like nnU-Net: CASE_0000.nii.gz")
-    if len(endings) > 1:
-        raise InputError(f"mixed file endings {sorted(endings)}", path=input_dir, fix="keep one format per folder")
-    ending = endings.pop()
-    by_case: dict[str, dict[int, Path]] = {}
-    for p in files:
-        parsed = case_id_of(p, ending)
-        if parsed:
-            by_case.setdefault(parsed[0], {})[parsed[1]] = p
-    cases = [CaseInput(cid, [ch.get(c, input_dir / f"{cid}_{c:04d}{ending}") for c in range(n_channels)]) for cid, ch in sorted(by_case.items())]
-    return cases, ending
-
 
 CPU_FORWARD_VOXELS = 2**16
+
+
+@dataclass
+class CasePrediction:
+    segmentation: np.ndarray  # label map on the input grid
+    probabilities: np.ndarray | None = None  # (C, *input grid) float32, when asked for
+    heads: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Predictor:
@@ -141,9 +55,7 @@ class Predictor:
         self.tile_batch = tile_batch or (4 if device.type == "cuda" else 1)
         self.postprocessing = postprocessing
         self.precision = autocast_dtype("auto", device)
-        self.num_classes = groups[0].plan.num_classes
-        if any(g.plan.num_classes != self.num_classes for g in groups):
-            raise InputError("the models predict different numbers of classes", fix="ensemble only models of the same dataset")
+        self.outputs: OutputScheme = groups[0].outputs
 
     @property
     def n_channels(self) -> int:
@@ -163,8 +75,9 @@ class Predictor:
             return None
         return max(1, CPU_FORWARD_VOXELS // math.prod(patch))
 
-    def _window(self, net: nn.Module, image: torch.Tensor, patch: Sequence[int], head: str, channels: int) -> torch.Tensor:
-        mirror = tuple(range(len(patch))) if self.tta else ()
+    def _window(self, group: ModelGroup, net: nn.Module, image: torch.Tensor, head: str, channels: int) -> torch.Tensor:
+        patch = group.config.patch_size
+        mirror = (tuple(range(len(patch))) if group.mirror_axes is None else group.mirror_axes) if self.tta else ()
 
         def fn(x: torch.Tensor) -> torch.Tensor:
             return net(x)[head][0]
@@ -179,25 +92,25 @@ class Predictor:
 
     def _group_output(self, group: ModelGroup, image: np.ndarray, head: str, channels: int, activation) -> torch.Tensor:
         """Mean over the group's networks of activation(logits), at preprocessed resolution."""
-        cfg = group.config
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
         total = None
         for net in group.networks:
-            if cfg.dims == 2 and x.ndim == 4:  # 2D configuration on a 3D volume: slice by slice along axis 0
-                out = torch.stack([self._window(net, x[:, z], cfg.patch_size, head, channels) for z in range(x.shape[1])], dim=1)
+            if group.config.dims == 2 and x.ndim == 4:  # 2D configuration on a 3D volume: slice by slice along axis 0
+                out = torch.stack([self._window(group, net, x[:, z], head, channels) for z in range(x.shape[1])], dim=1)
             else:
-                out = self._window(net, x, cfg.patch_size, head, channels)
+                out = self._window(group, net, x, head, channels)
             # Stays where sliding_window accumulated it (the CPU when the device could not hold it).
             out = activation(out)
             total = out if total is None else total + out
         return total / len(group.networks)
 
     def predict_probabilities(self, prepared: list[tuple[np.ndarray, dict]]) -> torch.Tensor:
-        """Class probabilities (K, *original shape) on the device, averaged over every model."""
+        """Probabilities (C, *original shape) on the device, averaged over every model."""
         probs = None
+        fill = self.outputs.background_fill
         for group, (image, props) in zip(self.groups, prepared):
-            p = self._group_output(group, image, "seg", self.num_classes, lambda t: torch.softmax(t, 0))
-            p = restore_shape(p, props, fill_background=True)
+            p = self._group_output(group, image, "seg", self.outputs.channels, self.outputs.probabilities)
+            p = restore_shape(p, props, fill=fill)
             probs = p if probs is None else probs + p.to(probs.device)
         return probs / len(self.groups)
 
@@ -208,85 +121,32 @@ class Predictor:
         for name in group.head_names:
             channels = _head_channels(group.networks[0], name, image, group.config.patch_size, self.device)
             act = torch.sigmoid if channels == 1 else (lambda t: torch.softmax(t, 0))
-            p = restore_shape(self._group_output(group, image, name, channels, act), props, fill_background=channels > 1)
+            fill = [0.0] if channels == 1 else [1.0] + [0.0] * (channels - 1)
+            p = restore_shape(self._group_output(group, image, name, channels, act), props, fill=fill)
             out[name] = (p[0] > 0.5).to(torch.uint8).cpu().numpy() if channels == 1 else p.argmax(0).to(torch.uint8).cpu().numpy()
         return out
 
     def segment(self, probs: torch.Tensor) -> np.ndarray:
-        seg = probs.argmax(0).to(torch.uint8).cpu().numpy()
+        seg = self.outputs.segmentation(probs).cpu().numpy()
+        seg = seg.astype(np.uint8 if seg.max(initial=0) < 256 else np.int16)
         return apply_postprocessing(seg, self.postprocessing) if self.postprocessing else seg
 
-    def predict_folder(self, input_dir: Path, output_dir: Path, **kwargs) -> list[str]:
-        cases, ending = discover_cases(Path(input_dir), self.n_channels)
-        return self.predict_cases(cases, ending, output_dir, **kwargs)
+    def predict_prepared(self, prepared: list[tuple[np.ndarray, dict]], *, probabilities: bool = False,
+                         heads: bool = False) -> CasePrediction:
+        probs = self.predict_probabilities(prepared)
+        return CasePrediction(
+            self.segment(probs),
+            probs.float().cpu().numpy() if probabilities else None,
+            self.predict_heads(prepared) if heads else {},
+        )
 
-    def predict_cases(
-        self, cases: list[CaseInput], ending: str, output_dir: Path, *, save_probabilities: bool = False, heads: bool = False, progress: bool = True
-    ) -> list[str]:
-        """Predict every case; a case that fails to read is reported and skipped. Returns failures."""
-        output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        failed: list[str] = []
-
-        def load(case: CaseInput):
-            images, geometry = read_case_images(case.files)
-            return self.preprocess(images, geometry), geometry
-
-        def write(case_id: str, seg: np.ndarray, geometry: Geometry, probs: np.ndarray | None, head_segs: dict) -> None:
-            write_image(output_dir / f"{case_id}{ending}", seg, geometry)
-            if probs is not None:
-                ensemble.save_probabilities(output_dir / f"{case_id}.npz", probs, geometry)
-            for name, hseg in head_segs.items():
-                write_image(output_dir / f"{case_id}_{name}{ending}", hseg, geometry)
-
-        with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer:
-            pending: Future | None = reader.submit(load, cases[0]) if cases else None
-            writes: list[Future] = []
-            for i, case in enumerate(tqdm(cases, desc="predict", unit="case", disable=not progress)):
-                current = pending
-                pending = reader.submit(load, cases[i + 1]) if i + 1 < len(cases) else None
-                try:
-                    prepared, geometry = current.result()
-                except VoxsegError as e:
-                    print(f"skipped {case.case_id}: {e.one_line()}", file=sys.stderr)
-                    failed.append(case.case_id)
-                    continue
-                probs = self.predict_probabilities(prepared)
-                seg = self.segment(probs)
-                head_segs = self.predict_heads(prepared) if heads else {}
-                writes.append(writer.submit(write, case.case_id, seg, geometry, probs.cpu().numpy() if save_probabilities else None, head_segs))
-            for w in writes:
-                w.result()
-        return failed
+    def predict_case(self, images: np.ndarray, geometry: Geometry, *, probabilities: bool = False,
+                     heads: bool = False) -> CasePrediction:
+        """Segment one case: ``images`` (C, *S) float32 on the grid described by ``geometry``."""
+        return self.predict_prepared(self.preprocess(images, geometry), probabilities=probabilities, heads=heads)
 
 
 def _head_channels(net: nn.Module, name: str, image: np.ndarray, patch: Sequence[int], device: torch.device) -> int:
     with torch.inference_mode():
         x = torch.zeros((1, image.shape[0], *patch), device=device)
         return int(net(x)[name][0].shape[1])
-
-
-def predict(
-    run_dirs: Iterable[str | Path],
-    input_dir: str | Path,
-    output_dir: str | Path,
-    *,
-    folds: Sequence[str] | None = None,
-    checkpoint: str = "final",
-    tta: bool = True,
-    step: float = 0.5,
-    tile_batch: int | None = None,
-    device: str = "auto",
-    save_probabilities: bool = False,
-    heads: bool = False,
-    progress: bool = True,
-) -> list[str]:
-    from voxseg.training.run import resolve_device
-
-    if checkpoint not in CHECKPOINTS:
-        raise InputError(f"unknown checkpoint '{checkpoint}'", fix=f"use one of {', '.join(CHECKPOINTS)}")
-    run_dirs = [Path(r) for r in run_dirs]
-    dev = resolve_device(device)
-    groups = load_models(run_dirs, folds, checkpoint, dev)
-    predictor = Predictor(groups, dev, tta=tta, step=step, tile_batch=tile_batch, postprocessing=load_postprocessing(run_dirs))
-    return predictor.predict_folder(Path(input_dir), Path(output_dir), save_probabilities=save_probabilities, heads=heads, progress=progress)

@@ -6,22 +6,23 @@ a full-resolution probability volume through the CPU before the argmax.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 
 
-def restore_shape(probs: torch.Tensor, props: dict, *, fill_background: bool) -> torch.Tensor:
-    """(K, *preprocessed) -> (K, *original array shape) for the case described by `props`.
+def restore_shape(probs: torch.Tensor, props: dict, *, fill: Sequence[float]) -> torch.Tensor:
+    """(C, *preprocessed) -> (C, *original array shape) for the case described by `props`.
 
-    Outside the crop box the first channel (background) is 1 when `fill_background`, else 0.
+    Outside the crop box channel c is ``fill[c]`` (background probability 1 for classes, 0 for regions).
     """
     crop_shape = tuple(props["shape_after_crop"])
     if tuple(probs.shape[1:]) != crop_shape:
         mode = "trilinear" if probs.ndim == 4 else "bilinear"
         probs = F.interpolate(probs[None].float(), size=crop_shape, mode=mode, align_corners=False)[0]
-    full = torch.zeros((probs.shape[0], *props["shape_before_crop"]), dtype=probs.dtype, device=probs.device)
-    if fill_background:
-        full[0] = 1
+    full = torch.empty((probs.shape[0], *props["shape_before_crop"]), dtype=probs.dtype, device=probs.device)
+    full[:] = torch.as_tensor(list(fill), dtype=probs.dtype, device=probs.device).reshape(-1, *([1] * (full.ndim - 1)))
     box = tuple(slice(lo, hi) for lo, hi in props["bbox"])
     full[(slice(None), *box)] = probs
     backward = props["transpose_backward"]

@@ -61,9 +61,9 @@ def _ensemble_score(a: list[Path], b: list[Path], dataset: Path) -> float | None
         return None
     dices = []
     for case in cases:
-        pa, geometry = load_probabilities(files_a[case])
-        pb, _ = load_probabilities(files_b[case])
-        seg = probabilities_to_segmentation((pa + pb) / 2)
+        pa, geometry, order = load_probabilities(files_a[case])
+        pb, _, _ = load_probabilities(files_b[case])
+        seg = probabilities_to_segmentation((pa + pb) / 2, order)
         ref, _ = read_label(spec.case(case).label, spec)
         m = compute_metrics(seg, ref[0], setup.eval_labels, geometry.spacing, metrics=("dice",))
         dices.append(nanmean([m[label_key(lab)]["Dice"] for lab in setup.eval_labels]))

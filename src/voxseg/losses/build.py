@@ -14,7 +14,9 @@ from voxseg.losses.deep_supervision import DeepSupervisionLoss, deep_supervision
 from voxseg.losses.dice import SoftDiceLoss
 from voxseg.losses.multihead import MultiHeadLoss
 from voxseg.losses.pointwise import BCELoss, CELoss, MSELoss
+from voxseg.losses.regions import RegionDiceBCELoss
 from voxseg.model.config import HeadSettings, check_head_names
+from voxseg.model.outputs import OutputScheme
 
 
 def _level_weights(settings: LossSettings, levels: int) -> list[float]:
@@ -50,28 +52,45 @@ def build_loss(
     class_weights: list[float] | None,
     ds_scales: Sequence[Sequence[float]] | None,
     batch_dice: bool,
+    outputs: OutputScheme | None = None,
 ) -> MultiHeadLoss:
-    """``class_weights``: already resolved (see ``resolve_class_weights``), applied to ``seg``.
-    ``ds_scales``: the plan's ``deep_supervision_scales`` when the network runs with deep
-    supervision, else None. ``batch_dice``: the plan's, overridden by ``loss.batch_dice``."""
+    """``class_weights``: already resolved (see ``resolve_class_weights``), applied to ``seg``, one
+    per output channel (class, or region for region-based ``outputs``). ``ds_scales``: the plan's
+    ``deep_supervision_scales`` when the network runs with deep supervision, else None.
+    ``batch_dice``: the plan's, overridden by ``loss.batch_dice``."""
     check_head_names(heads)
-    if class_weights is not None and len(class_weights) != num_classes:
+    outputs = outputs or OutputScheme(num_classes)
+    if class_weights is not None and len(class_weights) != outputs.channels:
+        what = "regions" if outputs.region_based else "classes"
         raise SettingsError(
-            f"{len(class_weights)} class weights for {num_classes} classes",
-            fix=f"give {num_classes} weights in loss.class_weights",
+            f"{len(class_weights)} class weights for {outputs.channels} {what}",
+            fix=f"give {outputs.channels} weights in loss.class_weights",
         )
     if loss_settings.batch_dice is not None:
         batch_dice = loss_settings.batch_dice
     levels = len(ds_scales) if ds_scales else 1
-    seg = DiceCELoss(
-        dice_weight=loss_settings.dice_weight,
-        ce_weight=loss_settings.ce_weight,
-        batch_dice=batch_dice,
-        smooth=loss_settings.smooth,
-        include_background=loss_settings.include_background,
-        class_weights=class_weights,
-        weight_dice_classes=loss_settings.weight_dice_classes,
-    )
+    seg: nn.Module
+    if outputs.region_based:
+        seg = RegionDiceBCELoss(
+            outputs.regions,
+            bce_weight=loss_settings.ce_weight,
+            dice_weight=loss_settings.dice_weight,
+            batch_dice=batch_dice,
+            smooth=loss_settings.smooth,
+            region_weights=class_weights,
+            weight_dice_regions=loss_settings.weight_dice_classes,
+        )
+    else:
+        seg = DiceCELoss(
+            dice_weight=loss_settings.dice_weight,
+            ce_weight=loss_settings.ce_weight,
+            batch_dice=batch_dice,
+            smooth=loss_settings.smooth,
+            include_background=loss_settings.include_background,
+            class_weights=class_weights,
+            weight_dice_classes=loss_settings.weight_dice_classes,
+            exclusion_weight=loss_settings.exclusion_weight if loss_settings.partial_labels == "marginal+exclusion" else 0.0,
+        )
     losses: dict[str, tuple[nn.Module, float]] = {
         "seg": (DeepSupervisionLoss(seg, _level_weights(loss_settings, levels)), 1.0)
     }

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from voxseg.errors import SettingsError
 
 FREQUENCY_WEIGHTINGS = ("inverse_frequency", "sqrt_inverse_frequency")
+PARTIAL_LABELS = ("marginal", "marginal+exclusion", "off")
 
 
 @dataclass
@@ -22,7 +23,10 @@ class LossSettings:
     set's class voxel counts), or None. ``max_class_weight`` caps the ratio of the largest to the
     smallest frequency-derived weight. ``weight_dice_classes`` also weights the per-class Dice
     average. ``deep_supervision_weights`` (one per output, full resolution first) are normalised
-    to sum 1; None gives 1/2^i with the lowest resolution at 0.
+    to sum 1; None gives 1/2^i with the lowest resolution at 0. ``partial_labels``: how cases
+    that annotate only some classes (dataset.json ``annotated_classes``) are trained: ``marginal``
+    (default), ``marginal+exclusion`` (adds ``exclusion_weight`` x the exclusion loss) or ``off``.
+    Region-based plans train sigmoid BCE + Dice per region; ``ce_weight`` then weights the BCE.
     """
 
     dice_weight: float = 1.0
@@ -34,6 +38,10 @@ class LossSettings:
     max_class_weight: float = 10.0
     weight_dice_classes: bool = False
     deep_supervision_weights: list[float] | None = None
+    # Datasets with `annotated_classes`: marginal loss (unannotated classes merged into background),
+    # optionally with the exclusion loss; "off" treats every case as fully annotated.
+    partial_labels: str = "marginal"
+    exclusion_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.dice_weight < 0 or self.ce_weight < 0 or self.dice_weight + self.ce_weight == 0:
@@ -54,6 +62,13 @@ class LossSettings:
                 f"loss.max_class_weight={self.max_class_weight} must be >= 1",
                 fix="use e.g. loss.max_class_weight=10",
             )
+        if self.partial_labels not in PARTIAL_LABELS:
+            raise SettingsError(
+                f"loss.partial_labels={self.partial_labels!r} is unknown",
+                fix=f"use one of {', '.join(PARTIAL_LABELS)}",
+            )
+        if self.exclusion_weight < 0:
+            raise SettingsError("loss.exclusion_weight must be >= 0", fix="use e.g. loss.exclusion_weight=1")
         ds = self.deep_supervision_weights
         if ds is not None and (any(w < 0 for w in ds) or sum(ds) <= 0):
             raise SettingsError(

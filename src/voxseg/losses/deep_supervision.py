@@ -40,7 +40,10 @@ class DeepSupervisionLoss(nn.Module):
         outputs: Sequence[torch.Tensor],
         targets: Sequence[torch.Tensor],
         sample_weights: torch.Tensor | None = None,
+        **extra: torch.Tensor | None,
     ) -> dict[str, torch.Tensor]:
+        """``extra`` keyword arguments (e.g. ``annotated``) go to the wrapped loss unchanged."""
+        extra = {k: v for k, v in extra.items() if v is not None}
         if len(outputs) != len(self.weights) or len(targets) < len(outputs):
             raise ValueError(
                 f"{len(outputs)} outputs and {len(targets)} targets for {len(self.weights)} weights"
@@ -49,6 +52,6 @@ class DeepSupervisionLoss(nn.Module):
         for weight, output, target in zip(self.weights, outputs, targets):
             if weight == 0:
                 continue
-            for key, value in self.loss(output, target, sample_weights).items():
+            for key, value in self.loss(output, target, sample_weights, **extra).items():
                 total[key] = total[key] + weight * value if key in total else weight * value
         return total

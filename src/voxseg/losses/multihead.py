@@ -40,7 +40,9 @@ class MultiHeadLoss(nn.Module):
         outputs: Mapping[str, Sequence[torch.Tensor]],
         targets: Mapping[str, Sequence[torch.Tensor]],
         sample_weights: torch.Tensor | None = None,
+        annotated: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """``annotated`` ((B, outputs) bool, partial labels) goes to the ``seg`` head's loss only."""
         labels = targets["labels"]
         extra_names = [k for k in targets if k != "labels"]
         parts: dict[str, torch.Tensor] = {}
@@ -55,7 +57,7 @@ class MultiHeadLoss(nn.Module):
                 )
                 for i in range(levels)
             ]
-            result = loss(outputs[name], head_targets, sample_weights)
+            result = loss(outputs[name], head_targets, sample_weights, annotated=annotated if name == "seg" else None)
             parts.update({f"{name}/{key}": value for key, value in result.items()})
             weighted = self.weights[name] * result["loss"]
             total = weighted if total is None else total + weighted

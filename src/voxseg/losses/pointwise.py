@@ -38,25 +38,51 @@ def masked_mean(
 
 class CELoss(nn.Module):
     """Cross-entropy with ``torch.nn.functional.cross_entropy(weight=..., ignore_index=IGNORE)``
-    semantics, including its class-weighted mean; ``target`` is (B, 1, *S) integer."""
+    semantics, including its class-weighted mean; ``target`` is (B, 1, *S) integer.
+
+    With ``annotated`` ((B, K) bool, partial labels) it is the marginal CE of Shi et al. (2021): a
+    voxel labelled background in a sample may be any class that sample does not annotate, so its
+    probability is that of background plus those classes (a log-sum-exp over their logits).
+    """
 
     def __init__(self, class_weights: list[float] | None = None):
         super().__init__()
         self.register_buffer("class_weights", weight_tensor(class_weights), persistent=False)
 
     def forward(
-        self, logits: torch.Tensor, target: torch.Tensor, sample_weights: torch.Tensor | None = None
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        sample_weights: torch.Tensor | None = None,
+        annotated: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         labels = target[:, 0].long()
-        per_voxel = F.cross_entropy(
-            logits.float(), labels, weight=self.class_weights, ignore_index=IGNORE, reduction="none"
-        )
-        annotated = labels != IGNORE
-        if self.class_weights is None:
-            voxel_weights = annotated.float()
+        valid = labels != IGNORE
+        if annotated is None:
+            per_voxel = F.cross_entropy(
+                logits.float(), labels, weight=self.class_weights, ignore_index=IGNORE, reduction="none"
+            )
         else:
-            voxel_weights = self.class_weights[labels.clamp_min(0)] * annotated
+            per_voxel = marginal_nll(logits.float(), labels, annotated)
+            if self.class_weights is not None:
+                per_voxel = per_voxel * self.class_weights[labels.clamp_min(0)]
+            per_voxel = per_voxel * valid
+        if self.class_weights is None:
+            voxel_weights = valid.float()
+        else:
+            voxel_weights = self.class_weights[labels.clamp_min(0)] * valid
         return {"loss": masked_mean(per_voxel, voxel_weights, sample_weights)}
+
+
+def marginal_nll(logits: torch.Tensor, labels: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """-log p(label) per voxel, background merged with each sample's unannotated classes."""
+    log_norm = torch.logsumexp(logits, dim=1)
+    merged = ~annotated.clone()
+    merged[:, 0] = True
+    shape = (*merged.shape, *([1] * (logits.ndim - 2)))
+    background = torch.logsumexp(logits.masked_fill(~merged.reshape(shape), -torch.inf), dim=1)
+    own = logits.gather(1, labels.clamp_min(0)[:, None])[:, 0]
+    return torch.where(labels == 0, background, own).neg() + log_norm
 
 
 class BCELoss(nn.Module):

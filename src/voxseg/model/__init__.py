@@ -5,8 +5,8 @@ from voxseg.model.registry import (
     build_network,
     count_parameters,
     feature_map_shapes,
-    register_network,
 )
+from voxseg.registry import list_networks, register_network
 
 __all__ = [
     "HeadSettings",
@@ -14,5 +14,6 @@ __all__ = [
     "build_network",
     "count_parameters",
     "feature_map_shapes",
+    "list_networks",
     "register_network",
 ]

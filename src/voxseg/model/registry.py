@@ -1,4 +1,5 @@
-"""Networks by name: the two built-in U-Nets, users' registered factories, or a dotted path.
+"""Networks by name (through `voxseg.registry.NETWORKS`): the built-in U-Nets, users' registered
+factories, or a dotted path.
 
 A factory is ``factory(network: dict, in_channels, num_classes, *, settings: ModelSettings,
 heads: dict[str, tuple[int, bool]]) -> nn.Module``, where ``heads`` maps each extra head's name to
@@ -9,7 +10,6 @@ heads: dict[str, tuple[int, bool]]) -> nn.Module``, where ``heads`` maps each ex
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -17,46 +17,16 @@ from torch import nn
 
 from voxseg.errors import SettingsError
 from voxseg.model.config import HeadSettings, ModelSettings, check_head_names
-from voxseg.model.unet import plain_unet, resenc_unet
+from voxseg.registry import NETWORKS
 
 NetworkFactory = Callable[..., nn.Module]
 
-_NETWORKS: dict[str, NetworkFactory] = {"plain_unet": plain_unet, "resenc_unet": resenc_unet}
-
-
-def register_network(name: str) -> Callable[[NetworkFactory], NetworkFactory]:
-    """Decorator: make ``factory`` available as ``model.architecture=name``."""
-
-    def decorate(factory: NetworkFactory) -> NetworkFactory:
-        _NETWORKS[name] = factory
-        return factory
-
-    return decorate
-
 
 def resolve_network(name: str) -> NetworkFactory:
-    if name in _NETWORKS:
-        return _NETWORKS[name]
-    known = ", ".join(sorted(_NETWORKS))
-    if ":" not in name:
-        raise SettingsError(
-            f"model.architecture={name!r} is not a registered network (registered: {known})",
-            fix="use a registered name or a dotted path package.module:factory",
-        )
-    module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise SettingsError(
-            f"model.architecture={name!r}: cannot import {module_name!r} ({err})",
-            fix="make the module importable (installed, or its folder on PYTHONPATH)",
-        ) from err
-    factory = getattr(module, attr, None)
+    factory = NETWORKS.get(name)
     if not callable(factory):
-        raise SettingsError(
-            f"model.architecture={name!r}: {module_name} has no callable {attr!r}",
-            fix=f"define {attr}(network, in_channels, num_classes, *, settings, heads) there",
-        )
+        raise SettingsError(f"model.architecture={name!r} is not a callable network factory",
+                            fix="point it at f(network, in_channels, num_classes, *, settings, heads)")
     return factory
 
 

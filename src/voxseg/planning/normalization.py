@@ -41,7 +41,7 @@ def parse_overrides(text: str) -> dict[int, str]:
         index, _, scheme = part.partition("=")
         if not index.strip().isdigit() or scheme.strip().lower() not in NORMALIZATION_SCHEMES:
             raise PlanError(f"--normalization entry {part!r} is not CHANNEL=SCHEME",
-                            fix=f"e.g. --normalization 0=noNorm,1=zscore (schemes: CT, zscore, noNorm, rescale_to_0_1, rgb_to_0_1)")
+                            fix="e.g. --normalization 0=noNorm,1=zscore (schemes: CT, zscore, noNorm, rescale_to_0_1, rgb_to_0_1)")
         out[int(index)] = scheme.strip().lower()
     return out
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-ANISOTROPY_RATIO = 3.0
+from voxseg.plans import ANISOTROPY_RATIO
 
 
 def target_spacing(spacings: Sequence[Sequence[float]], shapes: Sequence[Sequence[int]]) -> tuple[float, ...]:
@@ -53,8 +53,3 @@ def median_shape_at(spacings, shapes, target: Sequence[float]) -> tuple[int, ...
     shapes = np.asarray(shapes, dtype=np.float64)
     resampled = np.round(shapes * spacings / np.asarray(target, dtype=np.float64)[None])
     return tuple(int(v) for v in np.median(resampled, axis=0))
-
-
-def is_anisotropic(spacing: Sequence[float]) -> bool:
-    """True when the coarsest axis is more than 3x the finest: that axis is resampled on its own."""
-    return max(spacing) / min(spacing) > ANISOTROPY_RATIO

@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from voxseg.planning.spacing import is_anisotropic
+from voxseg.plans import is_anisotropic
 
 
 @lru_cache(maxsize=256)

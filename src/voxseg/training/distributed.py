@@ -43,6 +43,11 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun launch, or a plain process (usable before or after the process group)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group torchrun prepared; a single process gets DistInfo() untouched."""
     if not launched_by_torchrun():

@@ -1,4 +1,7 @@
-"""`voxseg train`: resolve plan, fold, settings, device and run folder, then hand over to the loop.
+"""Training one fold: resolve plan, fold, settings, device and run folder, then hand over to the loop.
+
+Final validation (predicting the fold's validation cases with the predictor) is not training; it
+lives in `voxseg.workflows.train`, which the `voxseg train` command runs.
 
 Run folder: ``WORK/runs/<config>__<trainer>__<settings-hash or --name>/fold_N/`` holding
 ``settings.yaml``, ``run.json``, ``log.jsonl``, ``progress.png``, ``sampling_stats.json`` and the
@@ -15,26 +18,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from voxseg.device import resolve_device
 from voxseg.errors import CheckpointError, InputError
 from voxseg.io_utils import atomic_write_json, atomic_write_text
 from voxseg.planning.fingerprint import Fingerprint
-from voxseg.plans import load_plans
+from voxseg.plans import Plan, load_plans
 from voxseg.preprocessing.splits import load_or_create_splits
 from voxseg.preprocessing.store import Store
 from voxseg.training.distributed import init_distributed, shutdown_distributed
 from voxseg.training.loop import fit
 from voxseg.training.settings import Settings
 from voxseg.training.trainer import Trainer, TrainingContext, load_trainer
-
-
-def resolve_device(choice: str = "auto", local_rank: int = 0) -> torch.device:
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda but no CUDA device is visible", fix="use --device cpu or install a CUDA build of torch")
-        return torch.device("cuda", local_rank)
-    if choice not in ("auto", "cpu"):
-        raise InputError(f"unknown device '{choice}'", fix="use auto, cuda or cpu")
-    return torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -63,30 +57,17 @@ def run_dir_for(work_dir: Path, config: str, trainer_name: str, settings: Settin
     return work_dir / "runs" / f"{config}__{trainer_name}__{tag}" / f"fold_{fold}"
 
 
-def _class_counts(work_dir: Path, train_ids: list[str], num_classes: int) -> list[int]:
+def _output_counts(work_dir: Path, train_ids: list[str], plan: Plan) -> list[int]:
+    """Voxels per output (class, or region) over the training cases, from the fingerprint."""
     fp = Fingerprint.from_json(json.loads((work_dir / "fingerprint.json").read_text()))
-    counts = np.zeros(num_classes, dtype=np.int64)
+    counts = np.zeros(plan.num_classes, dtype=np.int64)
     wanted = set(train_ids)
     for case in fp.cases:
         if case.case_id in wanted:
-            counts += np.asarray(case.class_voxel_counts[:num_classes], dtype=np.int64)
+            counts += np.asarray(case.class_voxel_counts[: plan.num_classes], dtype=np.int64)
+    if plan.regions:
+        return [int(sum(counts[v] for v in region if v < len(counts))) for region in plan.regions]
     return counts.tolist()
-
-
-def final_validation(trainer: Trainer, out_dir: Path) -> dict:
-    """Predict the fold's validation cases from the raw images with the predictor, then evaluate."""
-    from voxseg.data.spec import load_dataset
-    from voxseg.evaluation.evaluate import evaluate_folders
-    from voxseg.inference.predictor import CaseInput, ModelGroup, Predictor
-
-    ctx = trainer.ctx
-    spec = load_dataset(ctx.plan.dataset_path)
-    group = ModelGroup(ctx.plan, ctx.config_name, [trainer.network.eval()])
-    cases = [CaseInput(cid, list(spec.case(cid).images)) for cid in ctx.val_ids]
-    Predictor([group], ctx.device).predict_cases(cases, spec.file_ending, out_dir, save_probabilities=True, progress=False)
-    summary = evaluate_folders(out_dir, spec.root / "labelsTr", spec.root / "dataset.json", output=out_dir / "summary.json", progress=False)
-    print(f"final validation: foreground Dice {summary['foreground_mean'].get('Dice', float('nan')):.4f} on {len(cases)} cases -> {out_dir}")
-    return summary
 
 
 def _absolute_trainer_spec(spec: str) -> str:
@@ -126,8 +107,8 @@ def train(
     random.seed(seed + dist.rank)
     cases = fold_cases(work_dir, fold, available)
     run_dir = run_dir_for(work_dir, config, trainer_cls.name, settings, fold, name)
-    if resume and not (run_dir / "checkpoint_latest.pt").is_file():
-        raise CheckpointError("nothing to resume: no checkpoint_latest.pt", path=run_dir, fix="train without --resume first")
+    if resume and not any((run_dir / n).is_file() for n in ("checkpoint_latest.pt", "checkpoint_best.pt")):
+        raise CheckpointError("nothing to resume: no checkpoint_latest.pt or checkpoint_best.pt", path=run_dir, fix="train without --resume first")
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "settings.yaml", settings.to_yaml())
@@ -144,7 +125,7 @@ def train(
         val_ids=cases.val,
         run_dir=run_dir,
         device=dev,
-        class_voxel_counts=_class_counts(work_dir, cases.train, plan.num_classes),
+        class_voxel_counts=_output_counts(work_dir, cases.train, plan),
         class_names=class_names,
         dist=dist,
         trainer_spec=trainer_spec,
@@ -158,8 +139,6 @@ def train(
             print(f"class weights: {weights if weights is not None else 'none'}")
             atomic_write_json(run_dir / "class_weights.json", {"class_weights": weights, "class_voxel_counts": ctx.class_voxel_counts})
         fit(t, run_dir, resume=resume)
-        if dist.is_main and settings.training.final_validation and fold != "all" and cases.val:
-            final_validation(t, run_dir / "validation")
     finally:
         t.close()
         shutdown_distributed()

@@ -46,7 +46,7 @@ class TrainingSettings:
     precision: str = "auto"  # auto = bf16 where the device supports it, else fp32 on CPU
     compile: str = "auto"  # auto = on for CUDA, off for CPU
     seed: int = 0
-    checkpoint_every: int = 50
+    checkpoint_every: Optional[int] = None  # also keep checkpoint_epoch_N.pt every N epochs (latest is every epoch)
     early_stopping_patience: Optional[int] = None  # epochs without a better EMA pseudo-Dice
     final_validation: bool = True  # predict the fold's validation cases with the predictor at the end
 
@@ -55,7 +55,9 @@ class TrainingSettings:
             raise SettingsError(f"training.precision={self.precision!r} is unknown", fix=f"use one of {', '.join(PRECISIONS)}")
         if self.compile not in COMPILE:
             raise SettingsError(f"training.compile={self.compile!r} is unknown", fix=f"use one of {', '.join(COMPILE)}")
-        for name in ("epochs", "iterations_per_epoch", "checkpoint_every"):
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise SettingsError("training.checkpoint_every must be >= 1 or null", fix="e.g. --set training.checkpoint_every=50")
+        for name in ("epochs", "iterations_per_epoch"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"training.{name} must be >= 1", fix=f"e.g. --set training.{name}=10")
         if self.val_iterations < 0:

@@ -9,10 +9,7 @@ name, by ``package.module:Class`` or by ``path/to/file.py:Class``.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
 import math
-import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,19 +17,23 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from voxseg.augment.pipeline import Augmenter, downsample_targets
 from voxseg.data.labels import IGNORE
-from voxseg.errors import InputError, NotFoundError, SettingsError
+from voxseg.device import autocast_dtype
+from voxseg.errors import InputError, SettingsError
 from voxseg.losses.build import build_loss
 from voxseg.losses.class_weights import resolve_class_weights
-from voxseg.model.registry import build_network
+from voxseg.losses.regions import per_sample_loss
+from voxseg.model.build import NetworkSpec, build_from_spec
+from voxseg.model.outputs import OutputScheme
 from voxseg.plans import ConfigurationPlan, Plan
 from voxseg.preprocessing.store import Store
+from voxseg.registry import TRAINERS
+from voxseg.sampling.batch import Batch
 from voxseg.sampling.case_sampler import CaseSampler
-from voxseg.sampling.loader import Batch, PatchLoader
+from voxseg.sampling.loader import PatchLoader
 from voxseg.training.distributed import DistInfo
 from voxseg.training.settings import Settings
 
@@ -49,7 +50,7 @@ class TrainingContext:
     val_ids: list[str]
     run_dir: Path
     device: torch.device
-    class_voxel_counts: list[int]
+    class_voxel_counts: list[int]  # per output channel (class, or region) over the training cases
     class_names: list[str]
     dist: DistInfo = field(default_factory=DistInfo)
     trainer_spec: str = "default"  # how to load the trainer class again (predictor, resume)
@@ -62,6 +63,10 @@ class TrainingContext:
     def in_channels(self) -> int:
         return len(self.plan.channel_names)
 
+    @property
+    def outputs(self) -> OutputScheme:
+        return OutputScheme.from_plan(self.plan)
+
 
 @dataclass
 class TrainBatch:
@@ -71,17 +76,24 @@ class TrainBatch:
     targets: dict[str, list[Tensor]]  # "labels" and each extra label map: pyramids, full resolution first
     weights: Tensor | None  # per-sample importance weights when sampling.correct_bias is on
     case_ids: list[str]
+    annotated: Tensor | None = None  # (B, outputs) bool for partially annotated batches, else None
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32":
-        return None
-    if precision == "auto":
-        # bf16 needs no loss scaling; CPU autocast for 3D convs is slower than fp32, so auto stays fp32 there.
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+@dataclass
+class StepResult:
+    """What `train_step` returns: the logged loss parts and, for adaptive case sampling, one loss
+    per sample (the loop feeds the case sampler, so an override cannot silently turn it off)."""
+
+    parts: dict[str, float]
+    sample_losses: list[float] | None = None
+
+
+@dataclass
+class ValidationResult:
+    """What `validation_step` returns: loss parts and per-output TP/FP/FN counts, shape (F, 3)."""
+
+    parts: dict[str, float]
+    tp_fp_fn: np.ndarray
 
 
 class Trainer:
@@ -97,7 +109,7 @@ class Trainer:
         self.batch_size = self.settings.training.batch_size or ctx.config.batch_size
 
     def setup(self) -> None:
-        self.network = self.build_network().to(self.device)
+        self.network = type(self).build_network_architecture(self.network_spec()).to(self.device)
         self.train_network = self._wrap(self.network)
         self.loss = self.build_loss()
         self.optimizer = self.build_optimizer(self.network)
@@ -108,12 +120,15 @@ class Trainer:
         self.val_loader = self._build_val_loader()
 
     # -- hooks -------------------------------------------------------------------------------------
-    def build_network(self) -> nn.Module:
-        """The network for the plan's topology; forward returns {"seg": [outputs...], head: [...]}."""
-        cfg = self.ctx.config
-        return build_network(
-            cfg.network, self.ctx.in_channels, self.ctx.plan.num_classes, settings=self.settings.model, heads=self.settings.heads
-        )
+    @classmethod
+    def build_network_architecture(cls, spec: NetworkSpec) -> nn.Module:
+        """The network for `spec` (topology, channels, `model.` settings, heads); forward returns
+        {"seg": [outputs...], head: [...]}. A classmethod, so the predictor rebuilds an overriding
+        trainer's network from the checkpoint without a training context."""
+        return build_from_spec(spec)
+
+    def network_spec(self) -> NetworkSpec:
+        return NetworkSpec.from_plan(self.ctx.plan, self.ctx.config_name, self.settings.model, self.settings.heads)
 
     def class_weights(self) -> list[float] | None:
         weights = resolve_class_weights(self.settings.loss.class_weights, self.ctx.class_voxel_counts, self.settings.loss.max_class_weight)
@@ -130,6 +145,7 @@ class Trainer:
             class_weights=self.class_weights(),
             ds_scales=ds,
             batch_dice=cfg.batch_dice,
+            outputs=self.ctx.outputs,
         ).to(self.device)
 
     def build_optimizer(self, network: nn.Module) -> torch.optim.Optimizer:
@@ -160,10 +176,13 @@ class Trainer:
 
     def compute_loss(self, outputs: dict[str, list[Tensor]], batch: TrainBatch) -> dict[str, Tensor]:
         """Total loss under "loss" plus every part to log (e.g. "seg/ce", "seg/dice")."""
-        return self.loss(outputs, batch.targets, batch.weights)
+        # Only partially annotated batches pass `annotated`, so users' own loss callables keep working.
+        partial = {} if batch.annotated is None else {"annotated": batch.annotated}
+        return self.loss(outputs, batch.targets, batch.weights, **partial)
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        """Augment on the device, forward, loss, backward, clip, step; returns the logged parts."""
+    def train_step(self, batch: Batch) -> StepResult:
+        """Augment on the device, forward, loss, backward, clip, step; returns the logged parts
+        (and per-sample losses when sampling.adaptive is on)."""
         tb = self.prepare(batch, self.augmenter)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
@@ -174,30 +193,36 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.settings.training.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.settings.sampling.adaptive:
-            self.case_sampler.update(tb.case_ids, _per_sample_ce(outputs["seg"][0], tb.targets["labels"][0]))
-        return {k: float(v.detach()) for k, v in parts.items()}
+        losses = per_sample_loss(outputs["seg"][0], tb.targets["labels"][0], self.ctx.outputs) if self.settings.sampling.adaptive else None
+        return StepResult({k: float(v.detach()) for k, v in parts.items()}, losses)
 
     @torch.no_grad()
-    def validation_step(self, batch: Batch) -> dict[str, Any]:
-        """Loss parts and per-class TP/FP/FN of the full-resolution output (ignore voxels excluded)."""
+    def validation_step(self, batch: Batch) -> ValidationResult:
+        """Loss parts and per-output TP/FP/FN of the full-resolution output (ignore voxels and
+        classes a case does not annotate excluded)."""
         tb = self.prepare(batch, self.val_augmenter)
         with self._autocast():
             outputs = self.network(tb.image)
             parts = self.compute_loss(outputs, tb)
-        logits, target = outputs["seg"][0].float(), tb.targets["labels"][0][:, 0]
-        pred = logits.argmax(1)
+        scheme = self.ctx.outputs
+        target = tb.targets["labels"][0]
         valid = target != IGNORE
-        stats = []
-        for c in range(1, logits.shape[1]):
-            p, t = (pred == c) & valid, (target == c) & valid
-            stats.append([(p & t).sum().item(), (p & ~t).sum().item(), (~p & t).sum().item()])
-        return {"parts": {k: float(v) for k, v in parts.items()}, "tp_fp_fn": np.asarray(stats, dtype=np.float64)}
+        pred = scheme.predicted_masks(outputs["seg"][0].float()) & valid
+        ref = scheme.foreground_masks(target) & valid
+        if tb.annotated is not None:
+            counted = tb.annotated[:, scheme.foreground].reshape(*pred.shape[:2], *([1] * (pred.ndim - 2)))
+            pred, ref = pred & counted, ref & counted
+        axes = (0, *range(2, pred.ndim))
+        tp = (pred & ref).sum(axes)
+        stats = torch.stack([tp, pred.sum(axes) - tp, ref.sum(axes) - tp], dim=1)
+        return ValidationResult({k: float(v) for k, v in parts.items()}, stats.double().cpu().numpy())
+
+    def selection_metric(self, record: dict[str, Any]) -> float | None:
+        """The number whose EMA picks checkpoint_best (higher is better); None: not this epoch."""
+        return record.get("val/mean_dice")
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         """Called on every rank after validation with the epoch's log line; add keys to log more."""
-        reduce = self.ctx.dist.all_reduce_sum if self.ctx.dist.world_size > 1 else None
-        self.case_sampler.end_epoch(reduce=reduce)
 
     # -- plumbing used by the hooks ----------------------------------------------------------------
     def prepare(self, batch: Batch, augmenter: Augmenter) -> TrainBatch:
@@ -211,7 +236,10 @@ class Trainer:
         targets = {"labels": downsample_targets(labels[0], scales)}
         targets.update({n: downsample_targets(lab, scales) for n, lab in zip(names, labels[1:])})
         weights = batch.weights.to(dev) if self.settings.sampling.correct_bias else None
-        return TrainBatch(image, targets, weights, list(batch.case_ids))
+        annotated = None
+        if batch.annotated is not None and self.settings.loss.partial_labels != "off":
+            annotated = batch.annotated.to(dev, non_blocking=True)
+        return TrainBatch(image, targets, weights, list(batch.case_ids), annotated)
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -281,9 +309,13 @@ class Trainer:
 
     def ctx_meta(self) -> dict[str, Any]:
         """What a predictor needs to rebuild this network without the store or the run folder."""
+        overrides_builder = type(self).build_network_architecture.__func__ is not Trainer.build_network_architecture.__func__
         return {
             "plan": self.ctx.plan.to_json(),
             "config_name": self.ctx.config_name,
+            "network_spec": self.network_spec().to_json(),
+            "builder": self.ctx.trainer_spec if overrides_builder else None,
+            "mirror_axes": list(self.augmenter.mirror_axes) if self.settings.augmentation.mirror_p > 0 else [],
             "settings": self.settings.to_dict(),
             "trainer": self.ctx.trainer_spec,
             "class_names": self.ctx.class_names,
@@ -326,53 +358,11 @@ def _anisotropic(cfg: ConfigurationPlan) -> bool:
     return bool(p.max() / p.min() > 3)
 
 
-def _per_sample_ce(logits: Tensor, target: Tensor) -> list[float]:
-    """Mean CE per sample (ignore excluded): the signal adaptive case sampling follows."""
-    with torch.no_grad():
-        t = target[:, 0].long()
-        ce = F.cross_entropy(logits.float(), t.clamp_min(0), reduction="none")
-        valid = (t != IGNORE).float()
-        per = (ce * valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp_min(1)
-    return per.tolist()
-
-
-# -- registry ----------------------------------------------------------------------------------
-TRAINERS: dict[str, type[Trainer]] = {"default": Trainer}
-
-
-def register_trainer(name: str) -> Callable[[type[Trainer]], type[Trainer]]:
-    def decorate(cls: type[Trainer]) -> type[Trainer]:
-        TRAINERS[name] = cls
-        cls.name = name
-        return cls
-
-    return decorate
-
-
 def load_trainer(spec: str) -> type[Trainer]:
     """A registered name, `package.module:Class`, or `path/to/file.py:Class`."""
-    if spec in TRAINERS:
-        return TRAINERS[spec]
-    if ":" not in spec:
-        raise InputError(f"unknown trainer '{spec}'", fix=f"use one of {', '.join(TRAINERS)}, package.module:Class or file.py:Class")
-    where, cls_name = spec.rsplit(":", 1)
-    if where.endswith(".py"):
-        path = Path(where)
-        if not path.is_file():
-            raise NotFoundError("trainer file not found", path=path, fix="pass path/to/file.py:ClassName")
-        name = f"voxseg_user_trainer_{path.stem}"
-        mod_spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(mod_spec)
-        sys.modules[name] = module  # dataclasses and pickling look the module up by name
-        mod_spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(where)
-        except ImportError as e:
-            raise InputError(f"cannot import trainer module '{where}' ({e})", fix="check the module is on PYTHONPATH") from None
-    cls = getattr(module, cls_name, None)
+    cls = TRAINERS.get(spec)
     if not (isinstance(cls, type) and issubclass(cls, Trainer)):
-        raise InputError(f"'{cls_name}' in {where} is not a Trainer subclass", path=where, fix="subclass voxseg.training.trainer.Trainer")
-    if cls.name == "default" or cls.name == Trainer.name:
-        cls.name = cls_name
+        raise InputError(f"'{spec}' is not a Trainer subclass", fix="subclass voxseg.training.trainer.Trainer")
+    if cls.name == Trainer.name and cls is not Trainer:
+        cls.name = cls.__name__
     return cls

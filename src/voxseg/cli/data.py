@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ignore-fraction", type=float, default=0.0, help="fraction of slices marked unannotated")
     p.add_argument("--dim", type=int, default=3, choices=(2, 3))
     p.add_argument("--size-range", type=_size_range, default=(48, 96), metavar="MIN,MAX")
+    p.add_argument("--regions", action="store_true", help="declare nnU-Net regions: whole = organ + lesion, lesion")
     p.set_defaults(func=run_demo_data)
 
 
@@ -60,6 +61,7 @@ def run_demo_data(args: argparse.Namespace) -> int:
         dim=args.dim,
         size_range=args.size_range,
         test_cases=args.test_cases,
+        regions=args.regions,
     )
     print(f"wrote {args.cases} training cases to {out}")
     return 0

@@ -63,11 +63,14 @@ def make_demo_dataset(
     dim: int = 3,
     size_range: tuple[int, int] = (48, 96),
     test_cases: int = 0,
+    regions: bool = False,
 ) -> Path:
     """Write a synthetic dataset (imagesTr/labelsTr, optional imagesTs/labelsTs) and return its path.
 
     `ignore_fraction` > 0 declares an ignore label and marks that fraction of each training case's
-    slices (axis 0) as not annotated, the way sparse annotation looks in practice.
+    slices (axis 0) as not annotated, the way sparse annotation looks in practice. `regions`
+    declares the labels as nnU-Net regions (BraTS-style nesting): "whole" = organ + lesion,
+    "lesion" = lesion, painted in that order.
     """
     if dim not in (2, 3):
         raise InputError(f"--dim must be 2 or 3, got {dim}", fix="use --dim 3 (volumes) or --dim 2 (images)")
@@ -98,7 +101,9 @@ def make_demo_dataset(
         img_dir, lab_dir = ("imagesTr", "labelsTr") if train else ("imagesTs", "labelsTs")
         write_image(out / img_dir / f"{case_id}_0000{ending}", image, geometry)
         write_image(out / lab_dir / f"{case_id}{ending}", label, geometry)
-    labels = {"background": 0, "organ": 1, "lesion": 2}
+    labels: dict[str, object] = {"background": 0, "organ": 1, "lesion": 2}
+    if regions:
+        labels = {"background": 0, "whole": [1, 2], "lesion": [2]}
     if ignore_value is not None:
         labels["ignore"] = ignore_value
     meta = {
@@ -109,5 +114,7 @@ def make_demo_dataset(
         "numTraining": cases,
         "file_ending": ending,
     }
+    if regions:
+        meta["regions_class_order"] = [1, 2]
     (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out

@@ -67,7 +67,10 @@ def predict_cases(
 
     def load(case: CaseInput):
         images, geometry = read_case_images(case.files)
-        return predictor.preprocess(images, geometry), geometry
+        try:
+            return predictor.preprocess(images, geometry), geometry
+        except VoxsegError as e:  # e.g. values a normalisation refuses: name the case's file
+            raise type(e)(e.message, path=e.path or case.files[0], fix=e.fix) from None
 
     def write(case_id: str, pred: CasePrediction, geometry: Geometry) -> None:
         write_image(output_dir / f"{case_id}{ending}", pred.segmentation, geometry)

@@ -1,7 +1,7 @@
 """Largest-connected-component post-processing, kept only where cross-validation says it helps.
 
 Same decision as nnU-Net: first try keeping the largest component of all foreground together, then
-of each class separately, and keep a step only if it raises mean Dice on the cross-validation
+of each class (or, for region-based models, each region) separately, and keep a step only if it raises mean Dice on the cross-validation
 predictions. Unlike nnU-Net, every candidate is scored in ONE pass over the cases (each case is
 read once, its variants scored, then dropped), because removing components of class c changes only
 class c's Dice; so the search needs no second copy of the predictions in memory.
@@ -11,7 +11,7 @@ The rule is plain JSON (`postprocessing.json`) so a person can read and edit it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, Union
 
 import cc3d
 import numpy as np
@@ -19,7 +19,7 @@ import numpy as np
 from voxseg.data.labels import IGNORE
 from voxseg.errors import InputError
 from voxseg.evaluation.evaluate import iter_case_pairs, load_label_setup
-from voxseg.evaluation.metrics import nanmean, region_metrics
+from voxseg.evaluation.metrics import label_key, nanmean, region_metrics
 from voxseg.io_utils import atomic_write_json
 
 RULE_FILE = "postprocessing.json"
@@ -47,20 +47,27 @@ def apply_postprocessing(seg: np.ndarray, rule: dict) -> np.ndarray:
     """Apply a rule from `find_postprocessing` (or postprocessing.json) to a label map."""
     if rule.get("keep_largest_foreground"):
         seg = keep_largest_component(seg, rule["foreground_labels"])
-    for label in rule.get("keep_largest_per_class", []):
-        seg = keep_largest_component(seg, label)
+    for group in rule.get("keep_largest_per_class", []):
+        seg = keep_largest_component(seg, group)
     return seg
 
 
+Group = Union[int, Sequence[int]]
+
+
 def find_postprocessing(
-    cases: Iterable[tuple[np.ndarray, np.ndarray]], foreground_labels: Sequence[int]
+    cases: Iterable[tuple[np.ndarray, np.ndarray]], groups: Sequence[Group]
 ) -> dict:
     """Decide the rule from (prediction, reference) label-map pairs (references may hold IGNORE).
 
-    Scores four variants of every case at once: as predicted, with the largest foreground
-    component, and each of those with per-class largest components.
+    `groups` are the evaluated outputs: foreground labels (ints), or regions (lists of label
+    values, each kept or pruned as one object, as nnU-Net does for region-based models). Scores
+    four variants of every case at once: as predicted, with the largest foreground component, and
+    each of those with per-group largest components.
     """
-    fg = [int(v) for v in foreground_labels]
+    groups = [int(g) if isinstance(g, (int, np.integer)) else [int(v) for v in g] for g in groups]
+    keys = [label_key(g) for g in groups]
+    fg = sorted({v for g in groups for v in ([g] if isinstance(g, int) else g)})
     scores: dict[str, list[dict[str, float]]] = {"none": [], "fg": [], "none+pc": [], "fg+pc": []}
     n_cases = 0
     for pred, ref in cases:
@@ -69,30 +76,31 @@ def find_postprocessing(
         variants = {"none": pred, "fg": keep_largest_component(pred, fg)}
         for base in ("none", "fg"):
             pc = variants[base]
-            for label in fg:
-                pc = keep_largest_component(pc, label)
+            for group in groups:
+                pc = keep_largest_component(pc, group)
             variants[f"{base}+pc"] = pc
         for name, seg in variants.items():
             scores[name].append(
-                {str(v): region_metrics(seg == v, ref == v, valid, (), metrics=("dice",))["Dice"] for v in fg}
+                {k: region_metrics(np.isin(seg, g), np.isin(ref, g), valid, (), metrics=("dice",))["Dice"] for k, g in zip(keys, groups)}
             )
         n_cases += 1
     if not n_cases:
         raise InputError("no cases to decide post-processing on", fix="pass cross-validation predictions and references")
 
     def mean_dice(variant: str) -> dict[str, float]:
-        return {str(v): nanmean([c[str(v)] for c in scores[variant]]) for v in fg}
+        return {k: nanmean([c[k] for c in scores[variant]]) for k in keys}
 
     base = mean_dice("none")
     with_fg = mean_dice("fg")
     use_fg = nanmean(list(with_fg.values())) > nanmean(list(base.values())) + _MIN_GAIN
     chosen = "fg" if use_fg else "none"
     before, after_pc = mean_dice(chosen), mean_dice(f"{chosen}+pc")
-    per_class = [v for v in fg if after_pc[str(v)] > before[str(v)] + _MIN_GAIN]
-    final = {str(v): (after_pc if v in per_class else before)[str(v)] for v in fg}
+    per_group = [g for g, k in zip(groups, keys) if after_pc[k] > before[k] + _MIN_GAIN]
+    chosen_keys = {label_key(g) for g in per_group}
+    final = {k: (after_pc if k in chosen_keys else before)[k] for k in keys}
     return {
         "keep_largest_foreground": bool(use_fg),
-        "keep_largest_per_class": per_class,
+        "keep_largest_per_class": per_group,
         "foreground_labels": fg,
         "num_cases": n_cases,
         "dice_before": base,
@@ -111,8 +119,7 @@ def save_rule(rule: dict, folder: str | Path) -> Path:
 def find_postprocessing_folders(pred_dir: str | Path, ref_dir: str | Path, dataset_json: str | Path, *, save_to: str | Path | None = None) -> dict:
     """`find_postprocessing` on cross-validation predictions and reference label files on disk."""
     setup = load_label_setup(dataset_json)
-    fg = sorted({v for group in setup.eval_labels for v in ((group,) if isinstance(group, int) else group)})
-    rule = find_postprocessing(((p, r) for _, p, r, _ in iter_case_pairs(pred_dir, ref_dir, setup)), fg)
+    rule = find_postprocessing(((p, r) for _, p, r, _ in iter_case_pairs(pred_dir, ref_dir, setup)), setup.eval_labels)
     if save_to is not None:
         save_rule(rule, save_to)
     return rule

@@ -23,9 +23,10 @@ import numpy as np
 from voxseg.data.crop import crop, filled_nonzero_mask, nonzero_bbox, uncrop
 from voxseg.data.io import Geometry, read_case_images
 from voxseg.data.spec import DatasetSpec, load_dataset, read_label
+from voxseg.errors import DatasetError
 from voxseg.parallel import map_cases
 from voxseg.plans import Plan, load_plans
-from voxseg.preprocessing.locations import case_seed, class_locations
+from voxseg.preprocessing.locations import case_seed, class_locations, output_groups
 from voxseg.preprocessing.normalize import normalize_channels
 from voxseg.preprocessing.resample import (
     coarse_axis_for,
@@ -126,7 +127,8 @@ def plan_key(plan: Plan, config_name: str) -> str:
     """Hash of everything in the plan that changes stored arrays; a stored case with another key is redone."""
     cfg = plan.configuration(config_name)
     relevant = {"spacing": cfg.spacing, "dims": cfg.dims, "transpose": plan.transpose_forward,
-                "normalization": [vars(n) for n in plan.normalization], "num_classes": plan.num_classes}
+                "normalization": [vars(n) for n in plan.normalization], "num_classes": plan.num_classes,
+                "regions": plan.regions}
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -137,12 +139,17 @@ def _one_case(args: tuple[DatasetSpec, Plan, str, int, Path]) -> str:
     seg, _ = read_label(case.label, spec)
     extra_names = sorted(spec.extra_label_dirs)
     extra = [read_label(spec.extra_label_dirs[n] / f"{case.case_id}{spec.file_ending}", spec)[0] for n in extra_names]
-    image, labels, props = preprocess_arrays(images, geometry, plan, config_name, [seg, *extra])
+    try:
+        image, labels, props = preprocess_arrays(images, geometry, plan, config_name, [seg, *extra])
+    except DatasetError as e:  # normalisation refuses values, without knowing the file
+        raise DatasetError(e.message, path=e.path or case.images[0], fix=e.fix) from None
     seg_pp = labels[0]
     counts = np.bincount(seg_pp[seg_pp >= 0].ravel().astype(np.int64), minlength=plan.num_classes)
     props["class_voxel_counts"] = [int(c) for c in counts[: plan.num_classes]]
+    groups = output_groups(plan.num_classes, plan.regions)
+    props["output_voxel_counts"] = {k: int(sum(counts[v] for v in values if v < len(counts))) for k, values in groups.items()}
     props["plan_key"] = plan_key(plan, config_name)
-    locations = class_locations(seg_pp, plan.num_classes, plan.has_ignore, case_seed(case.case_id))
+    locations = class_locations(seg_pp, groups, plan.has_ignore, case_seed(case.case_id))
     write_case(out_root, case.case_id, image, seg_pp, props, locations, dict(zip(extra_names, labels[1:])))
     return case.case_id
 

@@ -57,8 +57,9 @@ def apply_floor_cap(p: np.ndarray, floor: float, cap: float) -> np.ndarray:
 
 
 def _class_counts(props: Mapping) -> dict[int, int]:
-    """`class_voxel_counts` as {class: count}; accepts a {"1": n} mapping or a list indexed by class."""
-    counts = props.get("class_voxel_counts") or {}
+    """Voxels per foreground output ({output: count}: classes, or regions of region-based plans);
+    accepts a {"1": n} mapping or a list indexed by class."""
+    counts = props.get("output_voxel_counts") or props.get("class_voxel_counts") or {}
     items = counts.items() if isinstance(counts, Mapping) else enumerate(counts)
     return {int(k): int(v) for k, v in items}
 

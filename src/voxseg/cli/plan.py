@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, metavar="N")
     p.add_argument("--spacing", type=_numbers(float, "--spacing"), metavar="Z,Y,X", help="target spacing, dataset axis order")
     p.add_argument("--architecture", default="plain_unet", choices=("plain_unet", "resenc_unet"))
+    p.add_argument("--like", default=None, metavar="OTHER_WORK",
+                   help="reuse another WORK folder's configurations (spacing, patch, topology, normalisation) so a model "
+                        "trained there can be fine-tuned here with `train --pretrained` (default: plan from scratch)")
     p.add_argument("--normalization", default=None, metavar="C=SCHEME,...",
                    help="override the scheme chosen from channel_names, e.g. 0=noNorm,1=zscore "
                         "(CT, zscore, noNorm, rescale_to_0_1, rgb_to_0_1)")
@@ -60,7 +63,8 @@ def run_plan(args: argparse.Namespace) -> int:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}", fix="e.g. --batch-size 2")
     options = PlannerOptions(gpu_memory_gb=args.gpu_memory, configs=args.configs, patch_size=args.patch_size,
                              batch_size=args.batch_size, spacing=args.spacing, architecture=args.architecture,
-                             normalization=parse_overrides(args.normalization) if args.normalization else None)
+                             normalization=parse_overrides(args.normalization) if args.normalization else None,
+                             like=str(args.like) if args.like else None)
     plan = plan_and_save(args.dataset, args.output, options, workers=args.workers)
     for c, (name, norm) in enumerate(zip(plan.channel_names, plan.normalization)):
         print(f"channel {c} ({name}): {describe(norm)}")

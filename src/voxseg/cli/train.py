@@ -20,6 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from checkpoint_latest.pt")
     p.add_argument("--name", default=None, help="run name instead of the settings hash")
     p.add_argument("--gpus", type=int, default=1, help="GPUs on this node: >1 relaunches under torchrun")
+    p.add_argument("--pretrained", type=Path, default=None, metavar="RUN_DIR|CHECKPOINT",
+                   help="fine-tune from this run, fold folder or checkpoint: matching weights are copied, output "
+                        "classes are matched by name; the default learning rate drops to 1e-3 (default: train from scratch)")
+    p.add_argument("--val-best", action="store_true",
+                   help="final validation with checkpoint_best.pt instead of the final weights (default: final)")
     p.set_defaults(func=run_train)
 
 
@@ -38,6 +43,7 @@ def run_train(args: argparse.Namespace) -> int:
     from voxseg.workflows.train import train_fold
 
     settings = load_settings(args.settings, args.overrides)
-    run_dir = train_fold(args.work_dir, args.config, args.fold, settings, trainer=args.trainer, device=args.device, resume=args.resume, name=args.name)
+    run_dir = train_fold(args.work_dir, args.config, args.fold, settings, trainer=args.trainer, device=args.device,
+                         resume=args.resume, name=args.name, val_best=args.val_best, pretrained=args.pretrained)
     print(f"done: {run_dir}")
     return 0

@@ -31,7 +31,7 @@ from voxseg.planning.topology import (
     network_dict,
     pooling_topology,
 )
-from voxseg.plans import ConfigurationPlan, Plan
+from voxseg.plans import ConfigurationPlan, Plan, load_plans
 
 CONFIGS = ("2d", "3d_fullres", "3d_lowres")
 INITIAL_PATCH_VOXELS = {2: 2048**2, 3: 256**3}
@@ -52,6 +52,7 @@ class PlannerOptions:
     architecture: str = "plain_unet"
     precision_bytes: int = 2                    # bf16 autocast
     normalization: dict[int, str] | None = None  # channel -> scheme, overrides the channel names
+    like: str | None = None  # another WORK folder whose configurations (topology) to reuse
 
     @property
     def budget_bytes(self) -> float:
@@ -222,6 +223,38 @@ def plan_dataset(spec: DatasetSpec, fingerprint: Fingerprint, options: PlannerOp
     )
 
 
+def plan_like(spec: DatasetSpec, fingerprint: Fingerprint, other: Plan) -> Plan:
+    """Another plan's configurations (spacing, patch, batch, topology, transpose, normalisation
+    schemes) for this dataset, as nnU-Net's move_plans_between_datasets: so a model trained with
+    `other` can be fine-tuned here. CT statistics come from this dataset's fingerprint."""
+    if len(other.channel_names) != len(spec.channel_names):
+        raise PlanError(f"--like plan has {len(other.channel_names)} channels, this dataset {len(spec.channel_names)}",
+                        fix="fine-tune only between datasets with the same channels, or plan without --like")
+    dims = len(fingerprint.spacings[0])
+    if any(c.dims == 3 for c in other.configurations.values()) and dims != 3:
+        raise PlanError(f"--like plan is 3D but this dataset is {dims}D", fix="plan without --like")
+    normalization = []
+    for norm, st in zip(other.normalization, fingerprint.channel_stats):
+        if norm.scheme == "ct":
+            norm = dataclasses.replace(norm, mean=st["mean"], std=st["std"], lower=st["p00_5"], upper=st["p99_5"])
+        normalization.append(dataclasses.replace(norm))
+    return Plan(
+        dataset_name=spec.name,
+        dataset_path=str(spec.root),
+        num_classes=spec.num_classes,
+        has_ignore=spec.ignore_value is not None,
+        channel_names=list(spec.channel_names),
+        transpose_forward=list(other.transpose_forward),
+        transpose_backward=list(other.transpose_backward),
+        normalization=normalization,
+        configurations={k: ConfigurationPlan.from_json(v.to_json()) for k, v in other.configurations.items()},
+        class_names=spec.class_names,
+        regions=[list(r) for r in spec.regions.values()] if spec.regions else None,
+        region_names=list(spec.regions) if spec.regions else None,
+        regions_class_order=list(spec.regions_class_order) if spec.regions_class_order else None,
+    )
+
+
 def plan_and_save(dataset_dir: str | Path, work_dir: str | Path, options: PlannerOptions = PlannerOptions(), *,
                   workers: int | None = None, progress: bool = True) -> Plan:
     """`voxseg plan`: verify, fingerprint (cached), plan, write plans.json and a copy of dataset.json."""
@@ -239,7 +272,7 @@ def plan_and_save(dataset_dir: str | Path, work_dir: str | Path, options: Planne
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     fingerprint = load_or_compute_fingerprint(spec, work, workers, progress)
-    plan = plan_dataset(spec, fingerprint, options)
+    plan = plan_like(spec, fingerprint, load_plans(options.like)) if options.like else plan_dataset(spec, fingerprint, options)
     plan.save(work)
     atomic_write_text(work / "dataset.json", (spec.root / "dataset.json").read_text())
     return plan

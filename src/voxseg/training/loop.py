@@ -116,6 +116,7 @@ def fit(trainer: Trainer, run_dir: Path, *, resume: bool = False) -> dict[str, A
     record: dict[str, Any] = {}
     reduce = dist.all_reduce_sum if dist.world_size > 1 else None
     for epoch in range(state["epoch"], t.epochs):
+        trainer.epoch = epoch
         trainer.network.train()
         start = time.perf_counter()
         wait = 0.0

@@ -86,8 +86,10 @@ def train(
     device: str = "auto",
     resume: bool = False,
     name: str | None = None,
+    pretrained: str | Path | None = None,
 ) -> Path:
-    """Train one fold (or `all`); returns the run folder."""
+    """Train one fold (or `all`); returns the run folder. `pretrained`: fine-tune from that
+    checkpoint / fold / run folder (`voxseg.training.pretrained`)."""
     work_dir = Path(work_dir)
     plan = load_plans(work_dir)
     plan.configuration(config)  # clear error for an unknown configuration
@@ -112,7 +114,9 @@ def train(
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "settings.yaml", settings.to_yaml())
-        atomic_write_json(run_dir / "run.json", {"work_dir": str(work_dir.resolve()), "config": config, "fold": fold, "trainer": trainer_spec, "train": cases.train, "val": cases.val})
+        atomic_write_json(run_dir / "run.json", {"work_dir": str(work_dir.resolve()), "config": config, "fold": fold, "trainer": trainer_spec,
+                                                 "pretrained": str(Path(pretrained).resolve()) if pretrained else None,
+                                                 "train": cases.train, "val": cases.val})
     from voxseg.data.spec import load_dataset
 
     class_names = load_dataset(plan.dataset_path).class_names if Path(plan.dataset_path).is_dir() else [str(i) for i in range(plan.num_classes)]
@@ -129,6 +133,7 @@ def train(
         class_names=class_names,
         dist=dist,
         trainer_spec=trainer_spec,
+        pretrained=Path(pretrained) if pretrained is not None and not resume else None,
     )
     t = trainer_cls(ctx)
     try:

@@ -26,6 +26,10 @@ from voxseg.model.config import HeadSettings, ModelSettings, check_head_names
 from voxseg.sampling.config import SamplingSettings
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DEFAULT_LR = 1e-2
+# Fine-tuning starts from weights that already segment: nnU-Net's 1e-2 would first undo much of
+# that, so the default drops tenfold (set training.lr to override).
+FINE_TUNE_LR = 1e-3
 COMPILE = ("auto", "on", "off")
 
 
@@ -37,7 +41,7 @@ class TrainingSettings:
     iterations_per_epoch: int = 250
     val_iterations: int = 50
     batch_size: Optional[int] = None  # None: the plan's batch size
-    lr: float = 1e-2
+    lr: Optional[float] = None  # None: 1e-2 (nnU-Net), or 1e-3 when fine-tuning (--pretrained)
     momentum: float = 0.99
     nesterov: bool = True
     weight_decay: float = 3e-5
@@ -48,6 +52,8 @@ class TrainingSettings:
     seed: int = 0
     checkpoint_every: Optional[int] = None  # also keep checkpoint_epoch_N.pt every N epochs (latest is every epoch)
     early_stopping_patience: Optional[int] = None  # epochs without a better EMA pseudo-Dice
+    warmup_epochs: int = 0  # linear learning-rate warm-up over the first N epochs, then poly decay
+    freeze_encoder_epochs: int = 0  # train only decoder and heads for the first N epochs (fine-tuning)
     final_validation: bool = True  # predict the fold's validation cases with the predictor at the end
 
     def __post_init__(self) -> None:
@@ -64,8 +70,17 @@ class TrainingSettings:
             raise SettingsError("training.val_iterations must be >= 0", fix="use 0 to skip validation batches")
         if self.batch_size is not None and self.batch_size < 1:
             raise SettingsError("training.batch_size must be >= 1", fix="drop it to use the plan's batch size")
-        if self.lr <= 0:
-            raise SettingsError("training.lr must be > 0", fix="use e.g. 1e-2")
+        if self.lr is not None and self.lr <= 0:
+            raise SettingsError("training.lr must be > 0", fix="use e.g. 1e-2, or null for the default")
+        for name in ("warmup_epochs", "freeze_encoder_epochs"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"training.{name} must be >= 0", fix=f"e.g. --set training.{name}=5")
+
+    def learning_rate(self, fine_tuning: bool) -> float:
+        """The initial learning rate: `lr`, or the default for training from scratch / fine-tuning."""
+        if self.lr is not None:
+            return self.lr
+        return FINE_TUNE_LR if fine_tuning else DEFAULT_LR
 
 
 @dataclass

@@ -35,6 +35,7 @@ from voxseg.sampling.batch import Batch
 from voxseg.sampling.case_sampler import CaseSampler
 from voxseg.sampling.loader import PatchLoader
 from voxseg.training.distributed import DistInfo
+from voxseg.training.pretrained import transfer_weights
 from voxseg.training.settings import Settings
 
 
@@ -54,6 +55,7 @@ class TrainingContext:
     class_names: list[str]
     dist: DistInfo = field(default_factory=DistInfo)
     trainer_spec: str = "default"  # how to load the trainer class again (predictor, resume)
+    pretrained: Path | None = None  # a checkpoint / fold / run folder to fine-tune from
 
     @property
     def config(self) -> ConfigurationPlan:
@@ -107,9 +109,15 @@ class Trainer:
         self.device = ctx.device
         self.amp_dtype = autocast_dtype(self.settings.training.precision, self.device)
         self.batch_size = self.settings.training.batch_size or ctx.config.batch_size
+        self.epoch = 0  # set by the loop before each epoch
 
     def setup(self) -> None:
-        self.network = type(self).build_network_architecture(self.network_spec()).to(self.device)
+        self.network = type(self).build_network_architecture(self.network_spec())
+        if self.ctx.pretrained is not None:
+            report = transfer_weights(self.network, self.ctx.plan, self.ctx.pretrained)
+            if self.ctx.dist.is_main:
+                print("\n".join(report.lines()))
+        self.network.to(self.device)
         self.train_network = self._wrap(self.network)
         self.loss = self.build_loss()
         self.optimizer = self.build_optimizer(self.network)
@@ -150,12 +158,14 @@ class Trainer:
 
     def build_optimizer(self, network: nn.Module) -> torch.optim.Optimizer:
         t = self.settings.training
-        return torch.optim.SGD(network.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay)
+        lr = t.learning_rate(fine_tuning=self.ctx.pretrained is not None)
+        return torch.optim.SGD(network.parameters(), lr=lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay)
 
     def build_lr_schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-        """Poly decay per epoch, (1 - epoch / epochs) ** 0.9 as in nnU-Net; stepped once per epoch."""
+        """Poly decay per epoch, (1 - epoch / epochs) ** 0.9 as in nnU-Net, after an optional linear
+        warm-up ((e + 1) / (warmup + 1) in epoch e); stepped once per epoch."""
         t = self.settings.training
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: (1 - min(epoch, t.epochs - 1) / t.epochs) ** t.poly_exponent)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, t.epochs, t.poly_exponent, t.warmup_epochs))
 
     def build_augmentation(self) -> Augmenter:
         """Batched augmentation on the training device (the CPU when training on the CPU)."""
@@ -189,6 +199,9 @@ class Trainer:
             outputs = self.train_network(tb.image)
             parts = self.compute_loss(outputs, tb)
         self.scaler.scale(parts["loss"]).backward()
+        if self.epoch < self.settings.training.freeze_encoder_epochs:
+            for p in self.encoder_parameters():
+                p.grad = None  # SGD skips them: no step, no weight decay, no momentum
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.settings.training.grad_clip)
         self.scaler.step(self.optimizer)
@@ -216,6 +229,14 @@ class Trainer:
         tp = (pred & ref).sum(axes)
         stats = torch.stack([tp, pred.sum(axes) - tp, ref.sum(axes) - tp], dim=1)
         return ValidationResult({k: float(v) for k, v in parts.items()}, stats.double().cpu().numpy())
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """What training.freeze_encoder_epochs freezes: the network's `encoder` submodule."""
+        encoder = getattr(self.network, "encoder", None)
+        if not isinstance(encoder, nn.Module):
+            raise SettingsError(f"training.freeze_encoder_epochs needs a network with an `encoder` submodule ({type(self.network).__name__} has none)",
+                                fix="set training.freeze_encoder_epochs=0 or give the network an encoder attribute")
+        return list(encoder.parameters())
 
     def selection_metric(self, record: dict[str, Any]) -> float | None:
         """The number whose EMA picks checkpoint_best (higher is better); None: not this epoch."""
@@ -356,6 +377,13 @@ def _anisotropic(cfg: ConfigurationPlan) -> bool:
         return False
     p = np.asarray(cfg.patch_size, dtype=float)
     return bool(p.max() / p.min() > 3)
+
+
+def lr_factor(epoch: int, epochs: int, exponent: float, warmup: int = 0) -> float:
+    """Learning-rate multiplier of epoch `epoch`: linear warm-up, then nnU-Net's poly decay."""
+    if epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+    return (1 - min(epoch, epochs - 1) / epochs) ** exponent
 
 
 def load_trainer(spec: str) -> type[Trainer]:

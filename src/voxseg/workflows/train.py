@@ -50,9 +50,10 @@ def train_fold(
     resume: bool = False,
     name: str | None = None,
     val_best: bool = False,
+    pretrained: str | Path | None = None,
 ) -> Path:
     """Train one fold (or `all`) and, unless disabled, validate it; returns the fold folder."""
-    run_dir = train(work_dir, config, fold, settings, trainer=trainer, device=device, resume=resume, name=name)
+    run_dir = train(work_dir, config, fold, settings, trainer=trainer, device=device, resume=resume, name=name, pretrained=pretrained)
     if is_main_process() and settings.training.final_validation and fold != "all" and json.loads((run_dir / "run.json").read_text())["val"]:
         final_validation(run_dir, checkpoint="best" if val_best else "final", device=device)
     return run_dir

@@ -129,17 +129,22 @@ def forced_plan(raw: Path, work: Path, patch, batch: int, workers: int) -> dict:
             "patch": cfg.patch_size, "batch": cfg.batch_size}
 
 
-def train_in_this_process(work: str, device: str, workers: int, iterations: int, warmup: int) -> dict:
-    """One epoch of warmup + iterations steps with BenchTrainer; what the child prints."""
+def train_in_this_process(work: str, device: str, workers: int, iterations: int, warmup: int,
+                          overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """One epoch of warmup + iterations steps with BenchTrainer; what the child prints.
+
+    ``overrides``: extra ``--set`` settings (e.g. ``training.compile=off``), applied last.
+    """
     import resource
 
+    from voxseg.runlog import read_log
     from voxseg.training.run import train
-    from voxseg.training.runlog import read_log
     from voxseg.training.settings import load_settings
 
     settings = load_settings(None, [
         "training.epochs=1", f"training.iterations_per_epoch={warmup + iterations}",
         "training.val_iterations=0", "training.final_validation=false", f"sampling.workers={workers}",
+        *overrides,
     ])
     # A file spec (not the class) so the checkpoint names a trainer a later `voxseg predict` can load.
     fold = train(work, CONFIG, "all", settings, trainer=f"{Path(__file__).resolve()}:BenchTrainer",
@@ -153,7 +158,7 @@ def train_in_this_process(work: str, device: str, workers: int, iterations: int,
 
 
 def run_ours(*, raw: Path, work: Path, device: str = "cpu", workers: int = 2, patch=(72, 80, 80),
-             batch: int = 2, iterations: int = 20, warmup: int = 2, **_) -> dict:
+             batch: int = 2, iterations: int = 20, warmup: int = 2, overrides: tuple[str, ...] = (), **_) -> dict:
     from voxseg.preprocessing.preprocess import preprocess_dataset
 
     work = Path(work)
@@ -161,7 +166,8 @@ def run_ours(*, raw: Path, work: Path, device: str = "cpu", workers: int = 2, pa
     # the stored arrays, so preprocess_dataset only fills in what is missing.
     plan = forced_plan(Path(raw), work, patch, batch, workers)
     preprocess_dataset(work, [CONFIG], workers=workers, progress=False)
-    args = {"work": str(work), "device": device, "workers": workers, "iterations": iterations, "warmup": warmup}
+    args = {"work": str(work), "device": device, "workers": workers, "iterations": iterations, "warmup": warmup,
+            "overrides": list(overrides)}
     result = common.call_in_child("bench_train", "train_in_this_process", args, "voxseg benchmark training")
     net = plan["network"]
     result["plan"] = (f"voxseg's: patch {'x'.join(map(str, plan['patch']))}, batch {plan['batch']}, "

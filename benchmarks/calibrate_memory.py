@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from voxseg.planning.planner import PlannerOptions, _Problem, plan_configuration
 from voxseg.planning.topology import network_dict, pooling_topology
 
 OUT = Path(__file__).resolve().parent / "calibration"
+CT_SPACING, CT_MEDIAN_SHAPE = (1.0, 0.8, 0.8), (200, 512, 512)  # the CT-like problem the GPU check plans
 CPU_CASES = [  # (spacing, patch, batch, classes): small enough for a shared 2-core CPU
     ((1.0, 1.0, 1.0), (32, 32, 32), 2, 3),
     ((1.0, 1.0, 1.0), (32, 48, 48), 2, 3),
@@ -109,25 +111,51 @@ def calibrate_cpu() -> None:
                                               "constant_bytes": const, "rows": rows}, indent=2) + "\n")
 
 
-def check_gpu(budgets: list[float]) -> None:
-    device = torch.device("cuda")
+def budget_rows(budgets: list[float], device: torch.device, *, spacing=CT_SPACING, median_shape=CT_MEDIAN_SHAPE,
+                classes: int = 3, steps: int = 3) -> list[dict]:
+    """Plan a problem (100 cases of ``median_shape``) at each budget in GB and run ``steps`` training
+    steps of the planned network and batch; predicted vs measured peak bytes per budget.
+
+    ``measured`` is the CUDA allocator's peak; None on a CPU, which keeps no such count (the steps
+    still run, so the code path is exercised).
+
+    Example:
+        >>> budget_rows([4, 8], torch.device("cuda"))[0]["measured"] <= 4e9  # doctest: +SKIP
+        True
+    """
+    cuda = device.type == "cuda"
     rows = []
-    print(f"{'budget GB':>9} {'patch':>16} {'batch':>5} {'predicted GB':>12} {'measured GB':>11} {'meas/budget':>11}")
     for gb in budgets:
-        pb = _Problem((1.0, 0.8, 0.8), (200, 512, 512), 200 * 512 * 512 * 100.0, 1, 3, PlannerOptions(gpu_memory_gb=gb))
-        cfg = plan_configuration(pb, 3, batch_dice=True)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        train_steps(cfg.network, cfg.patch_size, cfg.batch_size, 3, device)
-        measured = torch.cuda.max_memory_allocated()
-        act, fixed = model_terms(cfg.network, cfg.patch_size, cfg.batch_size, 3, precision=2)
+        pb = _Problem(tuple(spacing), tuple(median_shape), math.prod(median_shape) * 100.0, 1, classes,
+                      PlannerOptions(gpu_memory_gb=gb))
+        cfg = plan_configuration(pb, len(median_shape), batch_dice=True)
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        train_steps(cfg.network, cfg.patch_size, cfg.batch_size, classes, device, steps)
+        measured = torch.cuda.max_memory_allocated(device) if cuda else None
+        act, fixed = model_terms(cfg.network, cfg.patch_size, cfg.batch_size, classes, precision=2)
         rows.append({"budget_gb": gb, "patch": cfg.patch_size, "batch": cfg.batch_size,
                      "predicted": cfg.memory["estimate_bytes"], "measured": measured, "activations": act, "fixed": fixed})
-        print(f"{gb:9g} {str(cfg.patch_size):>16} {cfg.batch_size:5d} {cfg.memory['estimate_bytes'] / 1e9:12.2f} "
-              f"{measured / 1e9:11.2f} {measured / (gb * 1e9):11.2f}")
+    return rows
+
+
+def refit(rows: list[dict]) -> tuple[float, float]:
+    """(activation_scale, constant_bytes) fitted by least squares to measured rows."""
     a = np.array([[r["activations"], 1.0] for r in rows])
     y = np.array([r["measured"] - r["fixed"] for r in rows])
     (scale, const), *_ = np.linalg.lstsq(a, y, rcond=None)
+    return float(scale), float(const)
+
+
+def check_gpu(budgets: list[float]) -> None:
+    rows = budget_rows(budgets, torch.device("cuda"))
+    print(f"{'budget GB':>9} {'patch':>16} {'batch':>5} {'predicted GB':>12} {'measured GB':>11} {'meas/budget':>11}")
+    for r in rows:
+        gb, measured = r["budget_gb"], r["measured"]
+        print(f"{gb:9g} {str(r['patch']):>16} {r['batch']:5d} {r['predicted'] / 1e9:12.2f} "
+              f"{measured / 1e9:11.2f} {measured / (gb * 1e9):11.2f}")
+    scale, const = refit(rows)
     print(f"refit on these rows: activation_scale={scale:.3f} constant_bytes={const / 1e6:.0f} MB")
     OUT.mkdir(exist_ok=True)
     (OUT / "gpu.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "precision": "bf16",

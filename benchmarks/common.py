@@ -53,6 +53,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -64,7 +65,7 @@ from typing import Callable
 BENCH_DIR = Path(__file__).resolve().parent
 REFERENCE_DIR = BENCH_DIR / "reference"
 DEFAULT_REFENV = BENCH_DIR / ".refenv"
-STAGES = ("preprocess", "loader", "augment", "train", "predict", "accuracy")
+STAGES = ("preprocess", "loader", "augment", "train", "predict", "accuracy", "import")
 METRICS = {
     "preprocess": ("wall_s", "peak_rss_mb"),
     "loader": ("patches_per_s",),
@@ -72,8 +73,9 @@ METRICS = {
     "train": ("ms_per_it", "data_wait_share", "peak_rss_mb", "peak_gpu_mb"),
     "predict": ("s_per_case_tta", "s_per_case_no_tta", "peak_rss_mb", "dice", "hd95"),
     "accuracy": ("dice", "dice_min", "dice_max", "case_dice_sd", "hd95", "train_s", "s_per_case_tta"),
+    "import": ("dice_vs_nnunet", "max_prob_diff", "s_per_case"),  # bench_import.py: imported nnU-Net models
 }
-HIGHER_IS_BETTER = {"patches_per_s", "dice", "dice_min", "dice_max"}
+HIGHER_IS_BETTER = {"patches_per_s", "dice", "dice_min", "dice_max", "dice_vs_nnunet"}
 
 
 def reference_python(venv: Path = DEFAULT_REFENV) -> Path | None:
@@ -97,18 +99,29 @@ def run_reference_script(python: str | Path, script: str, *args: object,
         line = line.strip()
         if proc.returncode == 0 and line.startswith("{"):
             return json.loads(line)
-    raise RuntimeError(f"reference script failed (exit {proc.returncode}): {' '.join(cmd)}\n{_tail(proc)}")
+    raise RuntimeError(f"reference script failed (exit {proc.returncode}): {' '.join(cmd)}: {_cause(proc)}\n{_tail(proc)}")
 
 
 def _tail(proc: subprocess.CompletedProcess) -> str:
     return "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
 
 
+_ERROR_LINE = re.compile(r"^\s*(error:|[\w.]*(Error|Exception)\b)")
+
+
+def _cause(proc: subprocess.CompletedProcess) -> str:
+    """The output's last line that names an error (a launcher's own wrapper error excepted), so a
+    failure reads as its cause even when the traceback scrolled out of the tail (torchrun)."""
+    lines = [ln.strip() for ln in (proc.stdout + "\n" + proc.stderr).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if _ERROR_LINE.match(ln) and "ChildFailedError" not in ln]
+    return (errors or lines or ["no output"])[-1][:300]
+
+
 def run_child(cmd: list[str], what: str) -> str:
     """Run ``cmd`` (unbuffered); its stdout, or an error naming ``what`` with the output's end."""
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if proc.returncode != 0:
-        raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{_tail(proc)}")
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}): {_cause(proc)}\n{_tail(proc)}")
     return proc.stdout
 
 

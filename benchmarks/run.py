@@ -4,7 +4,7 @@
                              [--refenv DIR] [--keep]
 
 Builds one demo dataset (``voxseg.data.demo.make_demo_dataset``; held-out cases in imagesTs), then
-for each stage (preprocess, loader, augment, train, predict, accuracy) calls ``bench_<stage>.run_ours`` and
+for each stage (preprocess, loader, augment, train, predict, accuracy, import) calls ``bench_<stage>.run_ours`` and
 ``bench_<stage>.run_reference`` with the same keywords (convention: ``benchmarks/common.py``),
 scores both sides' predictions with one scorer, and prints/writes one markdown table with the
 machine, versions and date. A stage whose script or function does not exist yet prints
@@ -93,7 +93,7 @@ def run(device: str, quick: bool, out: Path, stages: list[str], refenv: Path, ke
                              test_cases=prof.test_cases)
     raw = common.make_nnunet_raw(demo, scratch / "raw")
     base = {"raw": raw, "device": device, "workers": prof.workers, "patch": prof.patch,
-            "batch": prof.batch, "warmup": prof.train_warmup, "quick": quick}
+            "batch": prof.batch, "warmup": prof.train_warmup, "quick": quick, "refenv": refenv}
     rows: list[common.Row] = []
     results: dict[str, dict] = {}
     with open(out / "log.txt", "w") as log:

@@ -15,8 +15,16 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
+    """The real scans of ../shared/data (its README): present on the development machines, not in a clone.
+
+    Decision: they are not copied into tests/data. The pyradiomics scans come with the package's BSD-3
+    code licence only -- the data's own terms are not stated -- so we do not redistribute them (the
+    MNI template has its own licence and no test needs it). On a fresh clone (CI) the few tests that
+    need real geometry skip with the reason below; synthetic-data tests cover the same code paths.
+    """
     if not (SHARED_DATA / "pyradiomics").is_dir():
-        pytest.skip("../shared/data (real scans) not present")
+        pytest.skip(f"real scans not found at {SHARED_DATA}: the pyradiomics scans' terms of use are not stated, "
+                    "so they are not redistributed in tests/data (see tests/conftest.py)")
     return SHARED_DATA
 
 

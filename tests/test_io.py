@@ -33,20 +33,17 @@ def test_flipped_axis_direction_is_preserved(shared_data, tmp_path):
     assert min(geom.direction) < 0, "brain scans carry a flipped axis per the data README"
 
 
-def test_nibabel_fallback_matches_simpleitk(tmp_path):
+def test_nibabel_fallback_reads_what_simpleitk_refuses(tmp_path):
+    # A sheared affine: SimpleITK refuses non-orthonormal direction cosines, nibabel reads the file.
     data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(6, 5, 4)  # nibabel stores (x, y, z)
-    affine = np.diag([-0.8, -0.9, 2.5, 1.0])
-    affine[:3, 3] = [10.0, -20.0, 30.0]
+    affine = np.array([[0.8, 0.1, 0, 10.0], [0, 0.9, 0, -20.0], [0, 0, 2.5, 30.0], [0, 0, 0, 1]])
     path = tmp_path / "a.nii.gz"
     nib.save(nib.Nifti1Image(data, affine), str(path))
-    from voxseg.data.io import _read_nibabel
-
-    arr_nib, g_nib = _read_nibabel(path)
-    arr_itk, g_itk = read_image(path)
-    np.testing.assert_array_equal(arr_nib, arr_itk)
-    assert g_nib.spacing == pytest.approx(g_itk.spacing)
-    assert g_nib.origin == pytest.approx(g_itk.origin)
-    assert g_nib.direction == pytest.approx(g_itk.direction)
+    with pytest.raises(RuntimeError):
+        sitk.ReadImage(str(path))
+    array, geometry = read_image(path)
+    np.testing.assert_array_equal(array, data.transpose(2, 1, 0))
+    assert geometry.spacing == pytest.approx((2.5, np.hypot(0.1, 0.9), 0.8))  # column norms of the affine
 
 
 def test_read_errors_name_the_file(tmp_path):
@@ -57,7 +54,7 @@ def test_read_errors_name_the_file(tmp_path):
     with pytest.raises(DatasetError) as e:
         read_image(bad)
     assert "broken.nii.gz" in str(e.value)
-    odd = tmp_path / "x.png"
+    odd = tmp_path / "x.dcm"
     odd.write_bytes(b"")
     with pytest.raises(DatasetError, match="unsupported file ending"):
         read_image(odd)

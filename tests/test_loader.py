@@ -15,6 +15,7 @@ from test_sampling import write_synthetic_case
 from voxseg.augment.config import AugmentationSettings
 from voxseg.augment.pipeline import Augmenter
 from voxseg.data.labels import IGNORE
+from voxseg.errors import InputError
 from voxseg.preprocessing.store import Store
 from voxseg.sampling.case_sampler import CaseSampler
 from voxseg.sampling.config import SamplingSettings
@@ -175,14 +176,14 @@ def test_slots_are_recycled_and_worker_errors_surface(store, tmp_path):
         for _ in islice(loader, 60):
             pass
         assert len(loader._slots) <= 2 * 2 + 2
-    # A case that disappears after the loader started is reported with the worker's traceback.
+    # A case that disappears after the loader started: the worker's one-line error naming the file.
     for name in ("a.npy", "a_seg.npy", "a_seg_edges.npy", "a_locs.npz", "a.json"):
         src = store.root / name.replace("a", "case0", 1)
         (tmp_path / name).write_bytes(src.read_bytes())
     broken = Store(tmp_path)
     with PatchLoader(broken, CaseSampler(["a"]), patch_size=(4, 4, 4), batch_size=1, settings=SamplingSettings(workers=1)) as loader:
         (tmp_path / "a.npy").unlink()
-        with pytest.raises(RuntimeError, match="a.npy"):
+        with pytest.raises(InputError, match=r"a\.npy.*voxseg preprocess"):
             next(loader)
 
 

@@ -28,8 +28,9 @@ def test_predictions_keep_the_input_geometry_on_real_scans(trained, shared_data,
     for case in ("breast1", "brain2"):  # LPS, anisotropic; brain2 has a flipped axis
         shutil.copy(shared_data / "pyradiomics" / f"{case}_image.nrrd", inp / f"{case}_0000.nrrd")
     (inp / "broken_0000.nrrd").write_bytes(b"not an image")
-    failed = predict([trained], inp, tmp_path / "out", tta=False, device="cpu", progress=False, save_probabilities=True)
-    assert failed == ["broken"], "an unreadable case is reported and skipped, the others are written"
+    result = predict([trained], inp, tmp_path / "out", tta=False, device="cpu", progress=False, save_probabilities=True)
+    assert list(result.failed) == ["broken"], "an unreadable case is reported and skipped, the others are written"
+    assert sorted(result.written) == ["brain2", "breast1"]
     for case in ("breast1", "brain2"):
         seg, g_out = read_image(tmp_path / "out" / f"{case}.nrrd")
         img, g_in = read_image(inp / f"{case}_0000.nrrd")
@@ -82,6 +83,6 @@ def test_fold_ensemble_averages_probabilities(trained, tiny_work, demo_dataset):
 def test_batched_tta_prediction_equals_no_tile_batching(trained, demo_dataset, tmp_path):
     a = predict([trained], demo_dataset / "imagesTs", tmp_path / "a", tta=True, tile_batch=1, device="cpu", progress=False)
     b = predict([trained], demo_dataset / "imagesTs", tmp_path / "b", tta=True, tile_batch=8, device="cpu", progress=False)
-    assert a == b == []
+    assert not a.failed and not b.failed and a.written == b.written
     for f in (tmp_path / "a").glob("*.nii.gz"):
         np.testing.assert_array_equal(read_image(f)[0], read_image(tmp_path / "b" / f.name)[0])

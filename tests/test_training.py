@@ -84,7 +84,7 @@ def test_example_trainers_run_and_predict(tiny_work, tmp_path, demo_dataset, spe
     assert run.parent.name.split("__")[1] == spec.split(":")[1]
     from voxseg.inference.cohort import predict
 
-    assert predict([run.parent], demo_dataset / "imagesTs", tmp_path / "pred", tta=False, device="cpu", progress=False) == []
+    assert not predict([run.parent], demo_dataset / "imagesTs", tmp_path / "pred", tta=False, device="cpu", progress=False).failed
     assert len(list((tmp_path / "pred").glob("*.nii.gz"))) == 2
 
 

@@ -54,6 +54,9 @@ class ConfigurationPlan:
     # 3d_cascade_fullres -> 3d_lowres), and the reverse link on the low-resolution stage.
     previous_stage: str | None = None
     next_stage: str | None = None
+    # Another configuration whose preprocessed store this one reads (the cascade reads 3d_fullres's).
+    data_from: str | None = None
+
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -79,6 +82,7 @@ class Plan:
     regions: list[list[int]] | None = None
     region_names: list[str] | None = None
     regions_class_order: list[int] | None = None
+    image_reader: str | None = None  # dataset.json's overwrite_image_reader_writer, for reading new images
 
     @property
     def is_region_based(self) -> bool:
@@ -118,6 +122,7 @@ class Plan:
             regions=[list(map(int, r)) for r in d["regions"]] if d.get("regions") else None,
             region_names=list(d["region_names"]) if d.get("region_names") else None,
             regions_class_order=list(map(int, d["regions_class_order"])) if d.get("regions_class_order") else None,
+            image_reader=d.get("image_reader"),
         )
 
     def configuration(self, name: str) -> ConfigurationPlan:
@@ -127,6 +132,10 @@ class Plan:
                 fix=f"run `voxseg plan ... --configs {name}` or pick a planned configuration",
             )
         return self.configurations[name]
+
+    def store_of(self, config_name: str) -> str:
+        """The store folder (WORK/store/<name>) holding `config_name`'s preprocessed cases."""
+        return self.configuration(config_name).data_from or config_name
 
     def save(self, work_dir: str | Path) -> Path:
         path = Path(work_dir) / PLANS_FILE

@@ -18,7 +18,10 @@ def _metric_list(text: str) -> tuple[str, ...]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="Dice, IoU, HD95, NSD of a prediction folder -> summary.json + .csv")
+    p = sub.add_parser("evaluate", help="Dice, IoU, HD95, NSD of a prediction folder -> summary.json + .csv", description=(
+        "Compare every predicted label file with the reference file of the same name and write per-case and mean "
+        "metrics (per class, or per region for region datasets; the ignore label is left out) to summary.json and a "
+        "CSV beside it, in nnU-Net's summary layout."))
     p.add_argument("pred_dir", type=Path, help="folder of predicted label files")
     p.add_argument("ref_dir", type=Path, help="folder of reference label files with the same names (e.g. labelsTr)")
     p.add_argument("-d", "--dataset-json", type=Path, required=True, help="dataset.json (labels, regions, ignore, file_ending)")
@@ -28,13 +31,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-j", "--workers", type=int, default=1, help="parallel processes (default 1)")
     p.set_defaults(func=run_evaluate)
 
-    p = sub.add_parser("report", help="one self-contained HTML report of run and/or prediction folders")
+    p = sub.add_parser("report", help="one self-contained HTML report of run and/or prediction folders", description=(
+        "Write one HTML file (no external files) showing training curves and settings of run folders and the "
+        "metrics of evaluated prediction folders, with overlays of the worst and best cases when the images are "
+        "given; open it in a browser or attach it to a message."))
     p.add_argument("inputs", type=Path, nargs="+", help="run folders (log.jsonl, settings.yaml), prediction folders or summary.json files")
     p.add_argument("-o", "--output", type=Path, default=Path("report.html"), help="HTML file (default report.html)")
-    p.add_argument("--images", type=Path, default=None, help="image folder (CASE_0000<ending>) for the case overlays")
-    p.add_argument("--labels", type=Path, default=None, help="reference label folder, if moved since evaluation")
+    p.add_argument("--images", type=Path, default=None, help="image folder (CASE_0000<ending>) for the case overlays (default: no overlays)")
+    p.add_argument("--labels", type=Path, default=None, help="reference label folder, if moved since evaluation (default: the one evaluated against)")
     p.add_argument("--cases", type=int, default=2, help="how many worst and best cases to show (default 2)")
-    p.add_argument("--title", default=None)
+    p.add_argument("--title", default=None, help="page title (default: voxseg report: <inputs>)")
     p.set_defaults(func=run_report)
 
 

@@ -64,16 +64,21 @@ def make_demo_dataset(
     size_range: tuple[int, int] = (48, 96),
     test_cases: int = 0,
     regions: bool = False,
+    partial_fraction: float = 0.0,
 ) -> Path:
     """Write a synthetic dataset (imagesTr/labelsTr, optional imagesTs/labelsTs) and return its path.
 
     `ignore_fraction` > 0 declares an ignore label and marks that fraction of each training case's
     slices (axis 0) as not annotated, the way sparse annotation looks in practice. `regions`
     declares the labels as nnU-Net regions (BraTS-style nesting): "whole" = organ + lesion,
-    "lesion" = lesion, painted in that order.
+    "lesion" = lesion, painted in that order. `partial_fraction` > 0 makes that fraction of the
+    training cases annotate only the lesion (their organ voxels become background) and says so in
+    dataset.json's ``annotated_classes``, as a dataset merged from two sources looks.
     """
     if dim not in (2, 3):
         raise InputError(f"--dim must be 2 or 3, got {dim}", fix="use --dim 3 (volumes) or --dim 2 (images)")
+    if not 0.0 <= partial_fraction <= 1.0:
+        raise InputError(f"--partial-fraction must be in [0, 1], got {partial_fraction}", fix="e.g. --partial-fraction 0.5")
     if not 0.0 <= ignore_fraction < 1.0:
         raise InputError(f"--ignore-fraction must be in [0, 1), got {ignore_fraction}", fix="e.g. --ignore-fraction 0.3")
     lo, hi = size_range
@@ -84,6 +89,7 @@ def make_demo_dataset(
     for sub in ("imagesTr", "labelsTr") + (("imagesTs", "labelsTs") if test_cases else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
     ignore_value = 3 if ignore_fraction > 0 else None
+    annotated: dict[str, list[str]] = {}
     for i in range(cases + test_cases):
         rng = np.random.default_rng([seed, i])
         spacing, geometry = _geometry(rng, dim)
@@ -98,6 +104,9 @@ def make_demo_dataset(
             unannotated = rng.random(shape[0]) < ignore_fraction
             unannotated[rng.integers(shape[0])] = False  # at least one annotated slice
             label[unannotated] = ignore_value
+        if train and i < round(partial_fraction * cases):
+            label[label == 1] = 0
+            annotated[case_id] = ["lesion"]
         img_dir, lab_dir = ("imagesTr", "labelsTr") if train else ("imagesTs", "labelsTs")
         write_image(out / img_dir / f"{case_id}_0000{ending}", image, geometry)
         write_image(out / lab_dir / f"{case_id}{ending}", label, geometry)
@@ -116,5 +125,48 @@ def make_demo_dataset(
     }
     if regions:
         meta["regions_class_order"] = [1, 2]
+    if annotated:
+        meta["annotated_classes"] = annotated
+    (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def make_rgb_demo_dataset(out_dir: str | Path, *, cases: int = 20, test_cases: int = 0, seed: int = 0,
+                          size_range: tuple[int, int] = (96, 160)) -> Path:
+    """A 2D natural-image dataset in nnU-Net's format: RGB ``CASE_0000.png`` files (three channels
+    in one file, ``channel_names`` R, G, B) and greyscale ``CASE.png`` label maps: a reddish organ
+    (label 1) with greenish lesions (label 2) on a textured background. Deterministic for a seed.
+    """
+    from PIL import Image
+
+    from voxseg.io_utils import atomic_path
+
+    lo, hi = size_range
+    if not 16 <= lo <= hi:
+        raise InputError(f"size range {size_range} is invalid", fix="use e.g. 96,160 (min >= 16, min <= max)")
+    out = Path(out_dir)
+    for sub in ("imagesTr", "labelsTr") + (("imagesTs", "labelsTs") if test_cases else ()):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(cases + test_cases):
+        rng = np.random.default_rng([seed, i, 2])
+        shape = tuple(int(v) for v in rng.integers(lo, hi + 1, 2))
+        _, label = make_case(rng, shape, (1.0, 1.0))
+        colours = np.array([[90, 110, 100], [200, 70, 60], [70, 190, 80]], np.float32)  # background, organ, lesion
+        rgb = colours[label] + rng.normal(0, 18, (*shape, 3)).astype(np.float32)
+        rgb += 25 * np.sin(np.arange(shape[1]) / 7.0)[None, :, None]  # texture, so colour alone is not enough
+        rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+        train = i < cases
+        img_dir, lab_dir = ("imagesTr", "labelsTr") if train else ("imagesTs", "labelsTs")
+        for path, array in ((out / img_dir / f"rgb_{i:03d}_0000.png", rgb), (out / lab_dir / f"rgb_{i:03d}.png", label)):
+            with atomic_path(path) as tmp:
+                Image.fromarray(array).save(tmp)
+    meta = {
+        "name": "VoxsegDemoRGB",
+        "description": f"voxseg synthetic 2D RGB demo data (seed {seed})",
+        "channel_names": {"0": "R", "1": "G", "2": "B"},
+        "labels": {"background": 0, "organ": 1, "lesion": 2},
+        "numTraining": cases,
+        "file_ending": ".png",
+    }
     (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out

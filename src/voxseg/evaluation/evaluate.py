@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from voxseg.data.io import Geometry, read_image
+from voxseg.data.io import Geometry, label_file_ending, read_image
 from voxseg.data.spec import map_label_values, parse_labels, read_dataset_json
 from voxseg.errors import InputError, NotFoundError
 from voxseg.evaluation.metrics import (
@@ -37,10 +37,13 @@ CSV_COLUMNS = ("case_id", "label", "name", "TP", "FP", "FN", "TN", "n_pred", "n_
 class LabelSetup:
     """What evaluation needs from dataset.json (it does not need the images, so no DatasetSpec)."""
 
-    file_ending: str
+    file_ending: str  # of label and prediction files: label_file_ending(dataset file_ending)
     ignore_value: int | None
     eval_labels: tuple[int | tuple[int, ...], ...]  # foreground labels, or the regions
     names: dict[str, str]  # label_key -> class or region name
+    # Partial labels: case id -> label keys its reference does not annotate (dataset.json's
+    # annotated_classes); their metrics are NaN for that case, never 0.
+    unannotated: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 def load_label_setup(dataset_json: str | Path) -> LabelSetup:
@@ -60,11 +63,15 @@ def load_label_setup(dataset_json: str | Path) -> LabelSetup:
     else:
         groups = {name: v for name, v in labels.items() if v != 0}
     ordered = sorted(groups.items(), key=lambda kv: (kv[1],) if isinstance(kv[1], int) else kv[1])
+    annotated = meta.get("annotated_classes") or {}
+    unannotated = {str(case): frozenset(label_key(v) for name, v in ordered if name not in names)
+                   for case, names in annotated.items() if isinstance(names, list)}
     return LabelSetup(
-        file_ending=ending,
+        file_ending=label_file_ending(ending),
         ignore_value=ignore,
         eval_labels=tuple(v for _, v in ordered),
         names={label_key(v): name for name, v in ordered},
+        unannotated=unannotated,
     )
 
 
@@ -113,6 +120,8 @@ def evaluate_case(case_id: str, pred_path: Path, ref_path: Path, setup: LabelSet
                   metrics: Sequence[str], nsd_tolerance: float) -> dict:
     pred, ref, geometry = read_pair(case_id, pred_path, ref_path, setup)
     values = compute_metrics(pred, ref, setup.eval_labels, geometry.spacing, metrics=metrics, nsd_tolerance=nsd_tolerance)
+    for key in setup.unannotated.get(case_id, ()):
+        values[key] = {m: float("nan") for m in values[key]}
     return {"case_id": case_id, "prediction_file": str(pred_path.resolve()), "reference_file": str(ref_path.resolve()),
             "metrics": values}
 

@@ -1,28 +1,44 @@
-"""Predicting folders of cases: discovery, background reading/preprocessing and writing, failures.
+"""Predicting cohorts: discovery, shards, resuming, background reading/preprocessing and writing.
 
-Reading/preprocessing of the next case and writing of the previous one run in background threads
-while the device works on the current case (numpy, torch and SimpleITK release the GIL in their
-heavy parts). A case that cannot be read is reported and skipped; every output is written
-atomically.
+- Reading/preprocessing of the next cases and writing of finished ones run beside the network:
+  in two background threads by default (numpy, torch and SimpleITK release the GIL in their heavy
+  parts), or with ``io_workers=N`` in N reading and N writing processes (nnU-Net's -npp/-nps), for
+  cohorts whose preprocessing or export outweighs the network. At most ``N + 1`` cases are read
+  ahead and ``N + 1`` writes are pending, so memory stays bounded on cohorts of any size.
+- ``part=(i, n)`` takes every n-th case starting at i of the sorted case list (nnU-Net's
+  ``-part_id/-num_parts``), so n processes or machines share a cohort without coordination; under
+  ``torchrun`` the rank and world size choose the part (`predict` below).
+- ``skip_existing`` (``--continue``) skips cases whose outputs all exist: every output is written
+  atomically, so an existing file is a complete one, and nothing finished is written again.
+- A case that cannot be read is reported with its reason and skipped; the others go on.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+import time
+from collections import deque
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from tqdm import tqdm
+import numpy as np
 
-from voxseg.data.io import Geometry, file_ending, read_case_images, write_image
-from voxseg.data.spec import case_id_of
+from voxseg.data.io import Geometry, file_ending, label_file_ending, read_case_images, write_image
+from voxseg.data.spec import case_id_of, scan_case_files
 from voxseg.device import resolve_device
+from voxseg.distributed import init_distributed, shutdown_distributed
 from voxseg.errors import InputError, NotFoundError, VoxsegError
 from voxseg.inference import ensemble
 from voxseg.inference.models import load_models, load_postprocessing
 from voxseg.inference.predictor import CasePrediction, Predictor
+from voxseg.parallel import process_pool
+from voxseg.plans import Plan
+from voxseg.preprocessing.preprocess import preprocess_case
+from voxseg.progress import Progress
 
 
 @dataclass
@@ -31,7 +47,27 @@ class CaseInput:
     files: list[Path]
 
 
-def discover_cases(input_dir: Path, n_channels: int) -> tuple[list[CaseInput], str]:
+@dataclass
+class CohortResult:
+    """What a cohort prediction did; `summary()` is the line `voxseg predict` ends with."""
+
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # complete outputs already there (--continue)
+    failed: dict[str, str] = field(default_factory=dict)  # case id -> reason
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        text = f"{len(self.written)} case(s) predicted"
+        if self.skipped:
+            text += f", {len(self.skipped)} already done"
+        if self.failed:
+            text += f", {len(self.failed)} failed ({'; '.join(f'{c}: {r}' for c, r in self.failed.items())})"
+        return text + f" in {self.seconds:.1f} s"
+
+
+def discover_cases(input_dir: Path) -> tuple[list[CaseInput], str]:
+    """The cases of a folder of CASE_XXXX<ending> images (a case's files in channel order; one
+    file may hold several channels, e.g. RGB) and their file ending."""
     if not input_dir.is_dir():
         raise NotFoundError("input folder not found", path=input_dir, fix="pass a folder of CASE_0000<ending> images")
     files = sorted(p for p in input_dir.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -41,13 +77,46 @@ def discover_cases(input_dir: Path, n_channels: int) -> tuple[list[CaseInput], s
     if len(endings) > 1:
         raise InputError(f"mixed file endings {sorted(endings)}", path=input_dir, fix="keep one format per folder")
     ending = endings.pop()
-    by_case: dict[str, dict[int, Path]] = {}
-    for p in files:
-        parsed = case_id_of(p, ending)
-        if parsed:
-            by_case.setdefault(parsed[0], {})[parsed[1]] = p
-    cases = [CaseInput(cid, [ch.get(c, input_dir / f"{cid}_{c:04d}{ending}") for c in range(n_channels)]) for cid, ch in sorted(by_case.items())]
-    return cases, ending
+    return [CaseInput(cid, list(files)) for cid, files in scan_case_files(input_dir, ending).items()], ending
+
+
+def select_part(cases: Sequence[CaseInput], part: tuple[int, int] | None) -> list[CaseInput]:
+    """Shard `part` = (i, n) of the cases: every n-th case of the sorted list, starting at i."""
+    if part is None:
+        return list(cases)
+    i, n = part
+    if n < 1 or not 0 <= i < n:
+        raise InputError(f"part {i}/{n} does not exist", fix="use --part I/N with 0 <= I < N, e.g. --part 0/4")
+    return sorted(cases, key=lambda c: c.case_id)[i::n]
+
+
+def output_files(output_dir: Path, case_id: str, ending: str, *, probabilities: bool, heads: Sequence[str] = ()) -> list[Path]:
+    """Every file a case's prediction writes (the segmentation first)."""
+    files = [output_dir / f"{case_id}{ending}"]
+    if probabilities:
+        files.append(output_dir / f"{case_id}.npz")
+    files += [output_dir / f"{case_id}_{name}{ending}" for name in heads]
+    return files
+
+
+def _load(case: CaseInput, preprocessing: list[tuple[Plan, str]]) -> tuple[list[tuple[np.ndarray, dict]], Geometry]:
+    """Read and preprocess one case for every model group (runs in a reader thread or process)."""
+    plan = preprocessing[0][0]
+    images, geometry = read_case_images(case.files, plan.image_reader, n_channels=len(plan.channel_names))
+    try:
+        return [preprocess_case(images, geometry, plan, config)[::2] for plan, config in preprocessing], geometry
+    except VoxsegError as e:  # e.g. values a normalisation refuses: name the case's file
+        raise type(e)(e.message, path=e.path or case.files[0], fix=e.fix) from None
+
+
+def _write(files: list[Path], pred: CasePrediction, geometry: Geometry, regions_class_order: Sequence[int] | None) -> None:
+    """Write one case's outputs (runs in a writer thread or process); each file atomically."""
+    write_image(files[0], pred.segmentation, geometry)
+    rest = iter(files[1:])
+    if pred.probabilities is not None:
+        ensemble.save_probabilities(next(rest), pred.probabilities, geometry, regions_class_order=regions_class_order)
+    for hseg, path in zip(pred.heads.values(), rest):
+        write_image(path, hseg, geometry)
 
 
 def predict_cases(
@@ -59,44 +128,70 @@ def predict_cases(
     save_probabilities: bool = False,
     heads: bool = False,
     progress: bool = True,
-) -> list[str]:
-    """Predict every case; a case that fails to read is reported and skipped. Returns failures."""
+    io_workers: int = 0,
+    skip_existing: bool = False,
+) -> CohortResult:
+    """Predict every case into `output_dir` (see the module docstring); returns what happened.
+
+    `ending` is the images' file ending; segmentations are written in the same format (PNG for
+    JPEG images, which cannot hold label maps).
+    """
+    start = time.perf_counter()
+    ending = label_file_ending(ending)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    failed: list[str] = []
-
-    def load(case: CaseInput):
-        images, geometry = read_case_images(case.files)
-        try:
-            return predictor.preprocess(images, geometry), geometry
-        except VoxsegError as e:  # e.g. values a normalisation refuses: name the case's file
-            raise type(e)(e.message, path=e.path or case.files[0], fix=e.fix) from None
-
-    def write(case_id: str, pred: CasePrediction, geometry: Geometry) -> None:
-        write_image(output_dir / f"{case_id}{ending}", pred.segmentation, geometry)
-        if pred.probabilities is not None:
-            ensemble.save_probabilities(output_dir / f"{case_id}.npz", pred.probabilities, geometry,
-                                        regions_class_order=predictor.outputs.regions_class_order or None)
-        for name, hseg in pred.heads.items():
-            write_image(output_dir / f"{case_id}_{name}{ending}", hseg, geometry)
-
-    with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer:
-        pending: Future | None = reader.submit(load, cases[0]) if cases else None
-        writes: list[Future] = []
-        for i, case in enumerate(tqdm(cases, desc="predict", unit="case", disable=not progress)):
-            current = pending
-            pending = reader.submit(load, cases[i + 1]) if i + 1 < len(cases) else None
+    head_names = predictor.groups[0].head_names if heads else []
+    result = CohortResult()
+    todo = []
+    for case in cases:
+        files = output_files(output_dir, case.case_id, ending, probabilities=save_probabilities, heads=head_names)
+        if skip_existing and all(f.is_file() for f in files):
+            result.skipped.append(case.case_id)
+        else:
+            todo.append((case, files))
+    preprocessing = [(g.plan, g.config_name) for g in predictor.groups]
+    order = predictor.outputs.regions_class_order or None
+    with ExitStack() as stack, Progress(len(todo), "predict", unit="case", enabled=progress) as bar:
+        if io_workers > 0:
+            reader: Executor = stack.enter_context(process_pool(io_workers))
+            writer: Executor = stack.enter_context(process_pool(io_workers))
+        else:
+            reader = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+            writer = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+        ahead = max(io_workers, 1) + 1
+        loads: deque[Future] = deque(reader.submit(_load, case, preprocessing) for case, _ in todo[:ahead])
+        writes: deque[tuple[str, Future]] = deque()
+        for i, (case, files) in enumerate(todo):
+            current = loads.popleft()
+            if i + ahead < len(todo):
+                loads.append(reader.submit(_load, todo[i + ahead][0], preprocessing))
             try:
                 prepared, geometry = current.result()
             except VoxsegError as e:
                 print(f"skipped {case.case_id}: {e.one_line()}", file=sys.stderr)
-                failed.append(case.case_id)
+                result.failed[case.case_id] = e.message
+                bar.update()
                 continue
-            pred = predictor.predict_prepared(prepared, probabilities=save_probabilities, heads=heads)
-            writes.append(writer.submit(write, case.case_id, pred, geometry))
-        for w in writes:
-            w.result()
-    return failed
+            with bar.sub(predictor.tile_count(prepared, heads), unit="tile") as tiles:
+                predictor.on_tiles = tiles.update
+                try:
+                    pred = predictor.predict_prepared(prepared, probabilities=save_probabilities, heads=heads)
+                finally:
+                    predictor.on_tiles = None
+            while len(writes) >= ahead:
+                _finish(writes.popleft(), result)
+            writes.append((case.case_id, writer.submit(_write, files, pred, geometry, order)))
+            bar.update()
+        while writes:
+            _finish(writes.popleft(), result)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _finish(pending: tuple[str, Future], result: CohortResult) -> None:
+    case_id, future = pending
+    future.result()  # a failed write (disk full, ...) is an error of the whole run, not of one case
+    result.written.append(case_id)
 
 
 def predict(
@@ -113,11 +208,34 @@ def predict(
     save_probabilities: bool = False,
     heads: bool = False,
     progress: bool = True,
-) -> list[str]:
-    """`voxseg predict`: every case of `input_dir` into `output_dir`; returns the failed case ids."""
+    io_workers: int = 0,
+    skip_existing: bool = False,
+    part: tuple[int, int] | None = None,
+) -> CohortResult:
+    """`voxseg predict`: the cases of `input_dir` (or their `part`) into `output_dir`.
+
+    Under torchrun each process takes the shard of its rank (of `part`, when given too) and, on
+    CUDA, the GPU of its local rank; every rank returns the merged result of all ranks.
+    """
     run_dirs = [Path(r) for r in run_dirs]
-    dev = resolve_device(device)
-    groups = load_models(run_dirs, folds, checkpoint, dev)
-    predictor = Predictor(groups, dev, tta=tta, step=step, tile_batch=tile_batch, postprocessing=load_postprocessing(run_dirs))
-    cases, ending = discover_cases(Path(input_dir), predictor.n_channels)
-    return predict_cases(predictor, cases, ending, Path(output_dir), save_probabilities=save_probabilities, heads=heads, progress=progress)
+    dev = resolve_device(device, local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+    dist = init_distributed(dev.type)
+    try:
+        groups = load_models(run_dirs, folds, checkpoint, dev)
+        predictor = Predictor(groups, dev, tta=tta, step=step, tile_batch=tile_batch, postprocessing=load_postprocessing(run_dirs))
+        cases, ending = discover_cases(Path(input_dir))
+        cases = select_part(select_part(cases, part), (dist.rank, dist.world_size) if dist.world_size > 1 else None)
+        result = predict_cases(predictor, cases, ending, Path(output_dir), save_probabilities=save_probabilities, heads=heads,
+                               progress=progress and dist.is_main, io_workers=io_workers, skip_existing=skip_existing)
+        return merge_results(dist.gather(result))
+    finally:
+        shutdown_distributed()
+
+
+def merge_results(results: list[CohortResult]) -> CohortResult:
+    merged = CohortResult(seconds=max(r.seconds for r in results))
+    for r in results:
+        merged.written += r.written
+        merged.skipped += r.skipped
+        merged.failed.update(r.failed)
+    return merged

@@ -22,6 +22,7 @@ import torch
 
 from voxseg.data.io import Geometry, write_image
 from voxseg.errors import InputError
+from voxseg.inference.postprocess import apply_postprocessing
 from voxseg.io_utils import atomic_path
 from voxseg.model.outputs import OutputScheme
 
@@ -65,9 +66,10 @@ def load_probabilities(path: str | Path) -> tuple[np.ndarray, Geometry, tuple[in
 
 
 def ensemble_files(npz_files: Sequence[str | Path], out: str | Path, *,
-                   save_probabilities_to: str | Path | None = None) -> np.ndarray:
+                   save_probabilities_to: str | Path | None = None, postprocessing: dict | None = None) -> np.ndarray:
     """Average the probability files of one case and write the segmentation `out` (its suffix picks
-    the format, e.g. CASE.nii.gz); optionally also the averaged probabilities. Returns the seg."""
+    the format, e.g. CASE.nii.gz), post-processed by a `find_postprocessing` rule when given;
+    optionally also the averaged probabilities. Returns the seg."""
     if not npz_files:
         raise InputError("no probability files to ensemble", path=out, fix="pass at least one CASE.npz")
     total, geometry, order = load_probabilities(npz_files[0])
@@ -82,6 +84,8 @@ def ensemble_files(npz_files: Sequence[str | Path], out: str | Path, *,
         total += probs
     total /= len(npz_files)
     seg = probabilities_to_segmentation(total, order)
+    if postprocessing is not None:
+        seg = apply_postprocessing(seg, postprocessing)
     write_image(out, seg.astype(np.uint8 if seg.max(initial=0) < 256 else np.int16), geometry)
     if save_probabilities_to is not None:
         save_probabilities(save_probabilities_to, total, geometry, order)
@@ -89,7 +93,7 @@ def ensemble_files(npz_files: Sequence[str | Path], out: str | Path, *,
 
 
 def ensemble_folders(folders: Sequence[str | Path], out_dir: str | Path, file_ending: str, *,
-                     save_probabilities: bool = False) -> list[Path]:
+                     save_probabilities: bool = False, postprocessing: dict | None = None) -> list[Path]:
     """`ensemble_files` for every case present (as CASE.npz) in all folders; returns written files."""
     folders = [Path(f) for f in folders]
     if len(folders) < 2:
@@ -104,6 +108,6 @@ def ensemble_folders(folders: Sequence[str | Path], out_dir: str | Path, file_en
     for case in cases:
         target = out_dir / f"{case}{file_ending}"
         ensemble_files([f / f"{case}.npz" for f in folders], target,
-                       save_probabilities_to=out_dir / f"{case}.npz" if save_probabilities else None)
+                       save_probabilities_to=out_dir / f"{case}.npz" if save_probabilities else None, postprocessing=postprocessing)
         written.append(target)
     return written

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,8 +22,8 @@ from voxseg.device import autocast_dtype
 from voxseg.errors import CheckpointError
 from voxseg.inference.models import ModelGroup
 from voxseg.inference.postprocess import apply_postprocessing
-from voxseg.inference.restore import restore_shape
-from voxseg.inference.sliding_window import plan_accumulation, sliding_window
+from voxseg.inference.restore import resample_logits_back, restore_shape
+from voxseg.inference.sliding_window import count_tiles, plan_accumulation, sliding_window
 from voxseg.model.outputs import OutputScheme
 from voxseg.preprocessing.preprocess import preprocess_case
 
@@ -56,6 +56,7 @@ class Predictor:
         self.postprocessing = postprocessing
         self.precision = autocast_dtype("auto", device)
         self.outputs: OutputScheme = groups[0].outputs
+        self.on_tiles: Callable[[int], None] | None = None  # progress callback: tiles finished
 
     @property
     def n_channels(self) -> int:
@@ -75,6 +76,18 @@ class Predictor:
             return None
         return max(1, CPU_FORWARD_VOXELS // math.prod(patch))
 
+    def tile_count(self, prepared: list[tuple[np.ndarray, dict]], heads: bool = False) -> int:
+        """Tiles the prediction of one preprocessed case runs (for progress: `on_tiles` counts them)."""
+        total = 0
+        for group, (image, _) in zip(self.groups, prepared):
+            patch = group.config.patch_size
+            spatial = image.shape[1:]
+            planes = spatial[0] if group.config.dims == 2 and len(spatial) == 3 else 1
+            per_net = planes * count_tiles(spatial[-len(patch):], patch, self.step)
+            passes = 1 + (len(group.head_names) if heads and group is self.groups[0] else 0)
+            total += per_net * len(group.networks) * passes
+        return total
+
     def _window(self, group: ModelGroup, net: nn.Module, image: torch.Tensor, head: str, channels: int) -> torch.Tensor:
         patch = group.config.patch_size
         mirror = (tuple(range(len(patch))) if group.mirror_axes is None else group.mirror_axes) if self.tta else ()
@@ -87,11 +100,20 @@ class Predictor:
         return sliding_window(
             fn, image, patch, channels, step=self.step, mirror_axes=mirror, tile_batch=self.tile_batch,
             forward_batch=self._forward_batch(patch),
-            accumulate_device="cpu" if where == "cpu" else None, precision=self.precision, slabs=where == "slabs",
+            accumulate_device="cpu" if where == "cpu" else None, precision=self._precision(group), slabs=where == "slabs",
+            on_tiles=self.on_tiles, gaussian=group.recipe.get("gaussian", "centred"),
+            accumulate_dtype=torch.float16 if group.recipe.get("accumulate") == "float16" else torch.float32,
         )
 
+    def _precision(self, group: ModelGroup) -> torch.dtype | None:
+        """Imported nnU-Net models run under nnU-Net's fp16 autocast on CUDA (ours: bf16 where supported)."""
+        if group.recipe.get("autocast") == "fp16" and self.device.type == "cuda":
+            return torch.float16
+        return self.precision
+
     def _group_output(self, group: ModelGroup, image: np.ndarray, head: str, channels: int, activation) -> torch.Tensor:
-        """Mean over the group's networks of activation(logits), at preprocessed resolution."""
+        """Mean over the group's networks of activation(logits) (of the logits when `activation` is None),
+        at preprocessed resolution."""
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
         total = None
         for net in group.networks:
@@ -100,7 +122,7 @@ class Predictor:
             else:
                 out = self._window(group, net, x, head, channels)
             # Stays where sliding_window accumulated it (the CPU when the device could not hold it).
-            out = activation(out)
+            out = out if activation is None else activation(out)
             total = out if total is None else total + out
         return total / len(group.networks)
 
@@ -109,7 +131,11 @@ class Predictor:
         probs = None
         fill = self.outputs.background_fill
         for group, (image, props) in zip(self.groups, prepared):
-            p = self._group_output(group, image, "seg", self.outputs.channels, self.outputs.probabilities)
+            if group.recipe.get("export") == "nnunet":  # nnU-Net: fold logits averaged and resampled, then softmax
+                logits = self._group_output(group, image, "seg", self.outputs.channels, None)
+                p = self.outputs.probabilities(resample_logits_back(logits, props, order=group.recipe.get("export_order", 1)))
+            else:
+                p = self._group_output(group, image, "seg", self.outputs.channels, self.outputs.probabilities)
             p = restore_shape(p, props, fill=fill)
             probs = p if probs is None else probs + p.to(probs.device)
         return probs / len(self.groups)

@@ -11,6 +11,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from voxseg.preprocessing.resample import coarse_axis_for, resample_channels
+
 
 def restore_shape(probs: torch.Tensor, props: dict, *, fill: Sequence[float]) -> torch.Tensor:
     """(C, *preprocessed) -> (C, *original array shape) for the case described by `props`.
@@ -31,3 +33,20 @@ def restore_shape(probs: torch.Tensor, props: dict, *, fill: Sequence[float]) ->
     if props.get("added_axis"):  # a 2D image was processed as a one-slice volume
         full = full[:, 0]
     return full.contiguous()
+
+
+def resample_logits_back(logits: torch.Tensor, props: dict, *, order: int = 1) -> torch.Tensor:
+    """(K, *preprocessed) logits -> (K, *shape after crop) as nnU-Net's export resamples them.
+
+    On the CPU with voxseg's separable resampler (`order` 0, 1 or 3; nearest along a lone coarse
+    axis), where nnU-Net decides that axis from the preprocessed spacing first and the original
+    spacing second (the reverse of preprocessing). The result keeps the logits' dtype, as nnU-Net's
+    does (float16 for its half-precision logits). Used for imported nnU-Net models, whose
+    probabilities are the softmax/sigmoid of these resampled logits.
+    """
+    crop_shape = tuple(props["shape_after_crop"])
+    if tuple(logits.shape[1:]) == crop_shape:
+        return logits
+    axis = coarse_axis_for(props["spacing"], props["original_spacing"])
+    out = resample_channels(logits.float().cpu().numpy(), crop_shape, order=order, nearest_axis=axis)
+    return torch.from_numpy(out).to(logits.device, logits.dtype)

@@ -14,10 +14,13 @@ from __future__ import annotations
 import itertools
 import math
 from contextlib import nullcontext
+from functools import lru_cache
 from typing import Callable, Iterator, Literal, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from voxseg.errors import SettingsError
 
@@ -55,6 +58,29 @@ def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1 / 8, *
     if (weights == 0).any():
         weights = torch.where(weights == 0, weights[weights > 0].min(), weights)
     return weights
+
+
+@lru_cache(maxsize=8)
+def _nnunet_map(patch_size: tuple[int, ...], sigma_scale: float) -> torch.Tensor:
+    delta = np.zeros(patch_size)
+    delta[tuple(p // 2 for p in patch_size)] = 1
+    g = ndimage.gaussian_filter(delta, [p * sigma_scale for p in patch_size], 0, mode="constant", cval=0)
+    half = torch.from_numpy(g / (g.max() / 10)).to(torch.float16)  # nnU-Net keeps it x10, in half precision
+    half[half == 0] = half[half != 0].min()
+    return half.float()
+
+
+def nnunet_importance(patch_size: Sequence[int], sigma_scale: float = 1 / 8, *, device=None) -> torch.Tensor:
+    """nnU-Net's weight map, value for value: a delta at ``patch // 2`` blurred by `scipy.ndimage.gaussian_filter`
+    (sigma = patch * sigma_scale), scaled to a maximum of 10, rounded to float16, zeros lifted to the minimum.
+
+    It peaks one voxel past the centre along even axes, so it differs slightly from `gaussian_importance`;
+    imported nnU-Net models use it (their recipe's ``"gaussian": "nnunet"``) to predict what nnU-Net predicts.
+    """
+    return _nnunet_map(tuple(int(p) for p in patch_size), float(sigma_scale)).to(device)
+
+
+IMPORTANCE_MAPS = {"centred": gaussian_importance, "nnunet": nnunet_importance}
 
 
 def mirror_combinations(mirror_axes: Sequence[int], ndim: int) -> list[tuple[int, ...]]:
@@ -107,6 +133,11 @@ def _pad_to_patch(image: torch.Tensor, patch_size: Sequence[int]) -> tuple[torch
     return F.pad(image, pad), crop
 
 
+def count_tiles(shape: Sequence[int], patch_size: Sequence[int], step: float = 0.5) -> int:
+    """Tiles `sliding_window` runs over an image of spatial `shape` (after padding to the patch)."""
+    return math.prod(len(tile_starts(max(s, p), p, step)) for s, p in zip(shape, patch_size))
+
+
 def _batches(tiles: list[tuple[int, ...]], tile_batch: int, by_row: bool) -> Iterator[list[tuple[int, ...]]]:
     """Chunks of tiles; with `by_row` no chunk crosses a change of the axis-0 origin."""
     groups = itertools.groupby(tiles, key=lambda t: t[0]) if by_row else [(None, iter(tiles))]
@@ -130,6 +161,9 @@ def sliding_window(
     sigma_scale: float = 1 / 8,
     precision: torch.dtype | None = None,
     slabs: bool = False,
+    on_tiles: Callable[[int], None] | None = None,
+    gaussian: str = "centred",
+    accumulate_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Predict logits (K, *S) float32 for `image` (C, *S) by Gaussian-blended tiles.
 
@@ -139,7 +173,10 @@ def sliding_window(
     `accumulate_device` (default: the image's device) holds the result; with `slabs=True` each row
     of tiles along axis 0 is accumulated on the compute device first and then added to the result on
     `accumulate_device` (default then: the CPU). Choose the mode with `plan_accumulation`. `precision` (e.g. torch.float16) runs
-    `predict_fn` under autocast; accumulation is always float32.
+    `predict_fn` under autocast; accumulation is float32 unless `accumulate_dtype` says otherwise
+    (imported nnU-Net models: float16, the precision nnU-Net sums its tiles in, which visibly rounds
+    the logits where only the map's tails cover a voxel). `gaussian` picks the weight map
+    (`IMPORTANCE_MAPS`: "centred", or "nnunet" for imported nnU-Net models).
     """
     ndim = len(patch_size)
     if image.ndim != ndim + 1:
@@ -161,10 +198,12 @@ def sliding_window(
     padded, crop = _pad_to_patch(image, patch_size)
     shape = padded.shape[1:]
     tiles = list(itertools.product(*(tile_starts(s, p, step) for s, p in zip(shape, patch_size))))
-    gauss = gaussian_importance(patch_size, sigma_scale, device=device)
+    if gaussian not in IMPORTANCE_MAPS:
+        raise SettingsError(f"unknown importance map {gaussian!r}", fix=f"use one of {', '.join(IMPORTANCE_MAPS)}")
+    gauss = IMPORTANCE_MAPS[gaussian](patch_size, sigma_scale, device=device)
 
-    logits = torch.zeros((num_classes, *shape), dtype=torch.float32, device=acc_device)
-    weight = torch.zeros(shape, dtype=torch.float32, device=acc_device)
+    logits = torch.zeros((num_classes, *shape), dtype=accumulate_dtype, device=acc_device)
+    weight = torch.zeros(shape, dtype=accumulate_dtype, device=acc_device)
     autocast = torch.autocast(device.type, dtype=precision) if precision is not None else nullcontext()
     # In slab mode a row buffer on the compute device covers axis-0 range [row, row + patch[0]).
     row_shape = (min(patch_size[0], shape[0]), *shape[1:])
@@ -178,8 +217,8 @@ def sliding_window(
                 if row_start is not None:
                     _flush_row(logits, weight, row_logits, row_weight, row_start)
                 row_start = batch[0][0]
-                row_logits = torch.zeros((num_classes, *row_shape), dtype=torch.float32, device=device)
-                row_weight = torch.zeros(row_shape, dtype=torch.float32, device=device)
+                row_logits = torch.zeros((num_classes, *row_shape), dtype=accumulate_dtype, device=device)
+                row_weight = torch.zeros(row_shape, dtype=accumulate_dtype, device=device)
             windows = [tuple(slice(o, o + p) for o, p in zip(t, patch_size)) for t in batch]
             x = torch.stack([padded[(slice(None), *w)] for w in windows])
             x = torch.cat([x.flip([a + 2 for a in f]) if f else x for f in flips])
@@ -188,6 +227,8 @@ def sliding_window(
             y = y.float().reshape(len(flips), len(batch), num_classes, *patch_size)
             y = sum(y[i].flip([a + 2 for a in f]) if f else y[i] for i, f in enumerate(flips)) / len(flips)
             y = y * gauss
+            if on_tiles is not None:
+                on_tiles(len(batch))
             if slabs:
                 for t, w, tile_logits in zip(batch, windows, y):
                     local = (slice(t[0] - row_start, t[0] - row_start + patch_size[0]), *w[1:])

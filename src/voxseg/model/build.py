@@ -32,9 +32,8 @@ class NetworkSpec:
     def from_plan(cls, plan: Plan, config_name: str, model: ModelSettings | None = None,
                   heads: tuple[HeadSettings, ...] | list[HeadSettings] = ()) -> NetworkSpec:
         cfg = plan.configuration(config_name)
-        extra = 0
-        if cfg.previous_stage is not None:  # cascade: the previous stage's one-hot segmentation
-            extra = plan.num_classes - 1 if not plan.is_region_based else len(plan.regions or [])
+        # cascade: the previous stage's segmentation, one-hot over the foreground label values
+        extra = plan.num_classes - 1 if cfg.previous_stage is not None else 0
         return cls(cfg.network, len(plan.channel_names) + extra, plan.output_channels, model or ModelSettings(), tuple(heads))
 
     def to_json(self) -> dict[str, Any]:

@@ -83,6 +83,12 @@ class OutputScheme:
         return torch.cat([pred == c for c in range(1, self.num_classes)], dim=1)
 
 
+def previous_stage_channels(labels: Tensor, num_classes: int) -> Tensor:
+    """A cascade's extra inputs: the previous stage's (B, 1, *S) label map as (B, K-1, *S) float
+    one-hot of labels 1..K-1 (background and IGNORE are all zero), as nnU-Net encodes them."""
+    return torch.cat([(labels == k).to(torch.float32) for k in range(1, num_classes)], dim=1)
+
+
 def _isin(labels: Tensor, values: Sequence[int]) -> Tensor:
     out = labels == values[0]
     for v in values[1:]:

@@ -69,7 +69,7 @@ class Fingerprint:
 def _case_fingerprint(args: tuple[DatasetSpec, int]) -> tuple[CaseFingerprint, np.ndarray]:
     spec, index = args
     case = spec.training[index]
-    image, geometry = read_case_images(case.images)
+    image, geometry = read_case_images(case.images, spec.reader, n_channels=len(spec.channel_names))
     seg, _ = read_label(case.label, spec)
     box = nonzero_bbox(image)
     counts = np.bincount(seg[seg >= 0].ravel().astype(np.int64), minlength=spec.num_classes)[: spec.num_classes]

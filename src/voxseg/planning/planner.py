@@ -203,6 +203,11 @@ def plan_dataset(spec: DatasetSpec, fingerprint: Fingerprint, options: PlannerOp
             configs["3d_fullres"] = fullres
         if "3d_lowres" in options.configs and lowres is not None:
             configs["3d_lowres"] = lowres
+        if {"3d_fullres", "3d_lowres"} <= set(options.configs) and lowres is not None:
+            # nnU-Net's cascade: the full-resolution network refines the low-resolution segmentation,
+            # reading the 3d_fullres store plus the low-resolution stage's out-of-fold predictions.
+            configs["3d_lowres"] = dataclasses.replace(lowres, next_stage="3d_cascade_fullres")
+            configs["3d_cascade_fullres"] = dataclasses.replace(fullres, previous_stage="3d_lowres", data_from="3d_fullres")
     if not configs:
         raise PlanError(f"none of {list(options.configs)} applies to this {ndim}D dataset", fix="use --configs 2d")
     return Plan(
@@ -220,6 +225,7 @@ def plan_dataset(spec: DatasetSpec, fingerprint: Fingerprint, options: PlannerOp
         regions=[list(r) for r in spec.regions.values()] if spec.regions else None,
         region_names=list(spec.regions) if spec.regions else None,
         regions_class_order=list(spec.regions_class_order) if spec.regions_class_order else None,
+        image_reader=spec.reader,
     )
 
 
@@ -252,6 +258,7 @@ def plan_like(spec: DatasetSpec, fingerprint: Fingerprint, other: Plan) -> Plan:
         regions=[list(r) for r in spec.regions.values()] if spec.regions else None,
         region_names=list(spec.regions) if spec.regions else None,
         regions_class_order=list(spec.regions_class_order) if spec.regions_class_order else None,
+        image_reader=spec.reader,
     )
 
 
@@ -262,12 +269,12 @@ def plan_and_save(dataset_dir: str | Path, work_dir: str | Path, options: Planne
     from voxseg.data.verify import verify_dataset
 
     problems = verify_dataset(dataset_dir, workers=workers, progress=progress)
-    if problems:
+    if problems:  # each printed once, then an error line that does not repeat any of them
         for p in problems:
             print(p, file=sys.stderr)
-        first = problems[0]
-        raise DatasetError(f"{len(problems)} problem(s), first: {first.message}", path=first.path,
-                           fix=f"{first.fix}; `voxseg verify {dataset_dir}` lists them all")
+        n = len(problems)
+        raise DatasetError(f"{n} problem{'s' if n > 1 else ''} in the dataset, listed above", path=dataset_dir,
+                           fix=f"fix them and plan again; `voxseg verify {dataset_dir}` checks without planning")
     spec = load_dataset(dataset_dir)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,8 @@ def preprocess_arrays(images: np.ndarray, geometry: Geometry, plan: Plan, config
     normalize_channels(images, plan.normalization, mask)
 
     target = target_spacing_for(plan, config_name, spacing)
-    new_shape = [max(1, int(round(s * sp / t))) for s, sp, t in zip(shape_after_crop, spacing, target)]
+    # nnU-Net's order of operations (spacing ratio first): the two differ by a voxel in rare cases
+    new_shape = [max(1, int(round(sp / t * s))) for s, sp, t in zip(shape_after_crop, spacing, target)]
     nearest_axis = coarse_axis_for(spacing, target)
     images = resample_channels(images, new_shape, order=3, nearest_axis=nearest_axis)
     dtype = label_dtype(plan.num_classes)
@@ -100,6 +101,16 @@ def preprocess_case(images: np.ndarray, geometry: Geometry, plan: Plan, config_n
     """(C, *S) float image (+ optional (1, *S) label map) -> preprocessed arrays and properties."""
     image, labels, props = preprocess_arrays(images, geometry, plan, config_name, [] if seg is None else [seg])
     return image, (labels[0] if labels else None), props
+
+
+def labels_to_store_grid(seg: np.ndarray, properties: dict) -> np.ndarray:
+    """A (1, *original) label map (e.g. a previous cascade stage's prediction) onto the grid of the
+    preprocessed case `properties` describe: transposed, cropped and resampled as its labels were."""
+    if properties["added_axis"]:
+        seg = seg[:, None]
+    seg = seg.transpose([0] + [a + 1 for a in properties["transpose_forward"]])
+    seg = crop(seg, properties["bbox"])
+    return resample_labels(np.asarray(seg, dtype=np.int16), properties["shape_after_resample"], nearest_axis=properties["nearest_axis"])
 
 
 def _back_to_original(array: np.ndarray, properties: dict, fill) -> np.ndarray:
@@ -135,10 +146,10 @@ def plan_key(plan: Plan, config_name: str) -> str:
 def _one_case(args: tuple[DatasetSpec, Plan, str, int, Path]) -> str:
     spec, plan, config_name, index, out_root = args
     case = spec.training[index]
-    images, geometry = read_case_images(case.images)
+    images, geometry = read_case_images(case.images, spec.reader, n_channels=len(spec.channel_names))
     seg, _ = read_label(case.label, spec)
     extra_names = sorted(spec.extra_label_dirs)
-    extra = [read_label(spec.extra_label_dirs[n] / f"{case.case_id}{spec.file_ending}", spec)[0] for n in extra_names]
+    extra = [read_label(spec.extra_label(n, case.case_id), spec)[0] for n in extra_names]
     try:
         image, labels, props = preprocess_arrays(images, geometry, plan, config_name, [seg, *extra])
     except DatasetError as e:  # normalisation refuses values, without knowing the file
@@ -149,6 +160,12 @@ def _one_case(args: tuple[DatasetSpec, Plan, str, int, Path]) -> str:
     groups = output_groups(plan.num_classes, plan.regions)
     props["output_voxel_counts"] = {k: int(sum(counts[v] for v in values if v < len(counts))) for k, values in groups.items()}
     props["plan_key"] = plan_key(plan, config_name)
+    annotated = spec.annotated_outputs(case.case_id)
+    if annotated is not None:
+        props["annotated_outputs"] = annotated
+        # Never force a patch onto an output the case does not annotate (verify keeps such labels out).
+        offset = 0 if plan.regions else 1
+        groups = {k: v for k, v in groups.items() if annotated[int(k) - 1 + offset]}
     locations = class_locations(seg_pp, groups, plan.has_ignore, case_seed(case.case_id))
     write_case(out_root, case.case_id, image, seg_pp, props, locations, dict(zip(extra_names, labels[1:])))
     return case.case_id
@@ -160,8 +177,9 @@ def _remove_stale_temp_files(root: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def store_dir(work_dir: str | Path, config_name: str) -> Path:
-    return Path(work_dir) / "store" / config_name
+def store_dir(work_dir: str | Path, config_name: str, plan: Plan | None = None) -> Path:
+    """WORK/store/<name>: the configuration's own store, or the one it shares (`data_from`)."""
+    return Path(work_dir) / "store" / (plan.store_of(config_name) if plan is not None else config_name)
 
 
 def preprocess_dataset(work_dir: str | Path, configs: Sequence[str] | None = None, *, workers: int | None = None,
@@ -171,7 +189,9 @@ def preprocess_dataset(work_dir: str | Path, configs: Sequence[str] | None = Non
     plan = load_plans(work_dir)
     spec = load_dataset(plan.dataset_path)
     jobs, written = [], {}
-    for name in configs or list(plan.configurations):
+    # Configurations sharing another's store (the cascade) need that one preprocessed, once.
+    names = dict.fromkeys(plan.store_of(n) for n in (configs or list(plan.configurations)))
+    for name in names:
         plan.configuration(name)  # unknown name -> PlanError naming the planned ones
         root = store_dir(work_dir, name)
         root.mkdir(parents=True, exist_ok=True)

@@ -59,10 +59,15 @@ def _apply_axis(array: np.ndarray, axis: int, n_out: int, order: int) -> np.ndar
 
 
 def coarse_axis_for(old_spacing: Sequence[float], new_spacing: Sequence[float]) -> int | None:
-    """Axis resampled with nearest neighbour (nnU-Net's 'separate z'), or None when isotropic enough."""
+    """Axis resampled with nearest neighbour (nnU-Net's 'separate z'), or None when isotropic enough.
+
+    The first anisotropic spacing of (old, new) decides; when two axes share its coarsest spacing
+    there is no single coarse axis and every axis is interpolated (nnU-Net's rule, e.g. 3, 3, 0.5).
+    """
     for spacing in (old_spacing, new_spacing):
         if is_anisotropic(spacing):
-            return int(np.argmax(spacing))
+            coarse = np.flatnonzero(max(spacing) / np.asarray(spacing, dtype=float) == 1)
+            return int(coarse[0]) if len(coarse) == 1 else None
     return None
 
 

@@ -23,12 +23,19 @@ resource, disk is not.
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
+from voxseg.errors import InputError
 from voxseg.io_utils import atomic_path, atomic_save_npy, atomic_write_json
+
+# What reading a truncated, emptied or deleted store file raises (numpy, mmap, zipfile, json).
+_UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 @dataclass
@@ -86,13 +93,32 @@ class Store:
         return (self.root / f"{case_id}.json").is_file()
 
     def properties(self, case_id: str) -> dict:
-        return json.loads((self.root / f"{case_id}.json").read_text())
+        return self._read(f"{case_id}.json", lambda p: json.loads(p.read_text()))
 
     def open(self, case_id: str) -> StoredCase:
+        """Memory-map one finished case; a damaged file is an `InputError` naming it and the fix."""
         props = self.properties(case_id)
-        image = np.load(self.root / f"{case_id}.npy", mmap_mode="r")
-        seg = np.load(self.root / f"{case_id}_seg.npy", mmap_mode="r")
-        extra = {n: np.load(self.root / f"{case_id}_seg_{n}.npy", mmap_mode="r") for n in props.get("extra", [])}
-        with np.load(self.root / f"{case_id}_locs.npz") as z:
-            locations = {k: z[k] for k in z.files}
+        image = self._read(f"{case_id}.npy", _mmap)
+        seg = self._read(f"{case_id}_seg.npy", _mmap)
+        extra = {n: self._read(f"{case_id}_seg_{n}.npy", _mmap) for n in props.get("extra", [])}
+        locations = self._read(f"{case_id}_locs.npz", _load_npz)
         return StoredCase(case_id, image, seg, props, locations, extra)
+
+    def _read(self, name: str, load: Callable[[Path], Any]) -> Any:
+        path = self.root / name
+        try:
+            return load(path)
+        except _UNREADABLE as e:
+            work = self.root.parent.parent
+            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise InputError(f"stored case file is missing or damaged ({detail})", path=path,
+                             fix=f"re-run `voxseg preprocess {work} --configs {self.root.name} --overwrite`") from e
+
+
+def _mmap(path: Path) -> np.ndarray:
+    return np.load(path, mmap_mode="r")
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}

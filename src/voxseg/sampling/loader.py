@@ -20,6 +20,10 @@ Augmentation in the loader (the CPU fallback). Given an `Augmenter`, each worker
 patch into a private buffer, augments it with one thread and writes the final patch into the slot,
 so augmentation runs in as many processes as there are workers. Its random stream is re-seeded
 per batch from (seed, rank, k, 2), which keeps a batch independent of the worker count.
+
+Workers end with the main process even when it is killed with SIGKILL
+(`voxseg.parallel.die_with_parent`); the resource tracker then unlinks the slots (named
+``voxseg_<pid>_<random>`` in /dev/shm) and exits.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import itertools
 import multiprocessing as mp
 import os
 import queue
+import secrets
 import threading
 import traceback
 import weakref
@@ -41,6 +46,8 @@ import numpy as np
 import torch
 
 from voxseg.augment.pipeline import Augmenter
+from voxseg.errors import VoxsegError
+from voxseg.parallel import die_with_parent
 from voxseg.preprocessing.store import Store, StoredCase
 from voxseg.sampling.batch import Batch
 from voxseg.sampling.case_sampler import CaseSampler
@@ -49,6 +56,7 @@ from voxseg.sampling.patch_sampler import PatchSampler, forced_flags
 from voxseg.sampling.stats import SamplingStats
 
 _WORKER_POLL_S = 5.0
+SHM_PREFIX = "voxseg_"
 
 
 @dataclass(frozen=True)
@@ -131,7 +139,8 @@ class _Filler:
         return classes
 
 
-def _worker_main(filler: _Filler, jobs: mp.Queue, results: mp.Queue) -> None:
+def _worker_main(filler: _Filler, jobs: mp.Queue, results: mp.Queue, parent_pid: int) -> None:
+    die_with_parent(parent_pid)
     torch.set_num_threads(1)
     attached: dict[str, shared_memory.SharedMemory] = {}
     while True:
@@ -145,15 +154,22 @@ def _worker_main(filler: _Filler, jobs: mp.Queue, results: mp.Queue) -> None:
                 attached[job.slot_name] = shared_memory.SharedMemory(name=job.slot_name)
             arrays = filler.layout.arrays(attached[job.slot_name].buf)
             results.put((job.job_id, filler.fill(job, *arrays), None))
+        except VoxsegError as e:  # e.g. a damaged store file: the main process shows its one line
+            results.put((job.job_id, None, e))
         except Exception:
             results.put((job.job_id, None, traceback.format_exc()))
     for shm in attached.values():
         shm.close()
 
 
+def _slot_name() -> str:
+    """``voxseg_<pid>_<random>``: after a crash, what is left in /dev/shm says whose it was."""
+    return f"{SHM_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
+
+
 class _Slot:
     def __init__(self, layout: _Layout, shared: bool, pin: bool):
-        self.shm = shared_memory.SharedMemory(create=True, size=max(layout.nbytes, 1)) if shared else None
+        self.shm = shared_memory.SharedMemory(_slot_name(), create=True, size=max(layout.nbytes, 1)) if shared else None
         self.buf = self.shm.buf if shared else bytearray(layout.nbytes)
         self.pinned = False
         image, seg, extra = layout.arrays(self.buf)
@@ -220,6 +236,7 @@ class PatchLoader:
             center_jitter=settings.center_jitter,
             class_probabilities=settings.class_probabilities,
         )
+        self.annotated = annotated_outputs(store, case_sampler.case_ids)
         first = store.open(case_sampler.case_ids[0])
         delivered = augmenter.patch_size if augmenter is not None else sampler.input_size
         self.augmented = augmenter is not None
@@ -245,7 +262,7 @@ class PatchLoader:
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             self._jobs, self._results = ctx.Queue(), ctx.Queue()
             for _ in range(self.workers):
-                p = ctx.Process(target=_worker_main, args=(self._filler, self._jobs, self._results), daemon=True)
+                p = ctx.Process(target=_worker_main, args=(self._filler, self._jobs, self._results, os.getpid()), daemon=True)
                 p.start()
                 self._procs.append(p)
         self._finalizer = weakref.finalize(self, PatchLoader._shutdown, self._procs, self._slots, getattr(self, "_jobs", None))
@@ -317,6 +334,8 @@ class PatchLoader:
                 if dead:
                     raise RuntimeError(f"a loader worker died (exit codes {dead}); out of memory? try fewer sampling.workers") from None
                 continue
+            if isinstance(error, VoxsegError):
+                raise error
             if error is not None:
                 raise RuntimeError(f"loader worker failed:\n{error}")
             if got_id in self._jobs_meta and any(j == got_id for j, _ in self._pending.values()):
@@ -348,6 +367,7 @@ class PatchLoader:
             forced=torch.tensor(job.forced, dtype=torch.bool),
             weights=torch.from_numpy(np.asarray(weights, np.float32)),
             augmented=self.augmented,
+            annotated=None if self.annotated is None else torch.from_numpy(np.stack([self.annotated[c] for c in job.case_ids])),
         )
 
     # -- state -------------------------------------------------------------------------------------
@@ -396,6 +416,16 @@ class PatchLoader:
         for s in slots:
             s.close()
         slots.clear()
+
+
+def annotated_outputs(store: Store, case_ids: Sequence[str]) -> dict[str, np.ndarray] | None:
+    """Per case, which outputs its label map annotates (bool per output channel, from the store's
+    ``annotated_outputs``); None when every case is fully annotated (the common case: no masks)."""
+    props = {c: store.properties(c) for c in case_ids}
+    if not any(p.get("annotated_outputs") is not None for p in props.values()):
+        return None
+    channels = next(len(p["annotated_outputs"]) for p in props.values() if p.get("annotated_outputs") is not None)
+    return {c: np.asarray(p.get("annotated_outputs") or [True] * channels, dtype=bool) for c, p in props.items()}
 
 
 def build_loader(

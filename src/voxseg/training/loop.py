@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from voxseg.errors import CheckpointError, SettingsError, VoxsegError
 from voxseg.model.checkpoint import load_checkpoint, save_checkpoint
+from voxseg.progress import Progress
 from voxseg.runlog import append_log, read_log, save_progress, truncate_log
 from voxseg.training.checkpoint import rng_state, set_rng_state
 from voxseg.training.trainer import StepResult, Trainer, ValidationResult
@@ -122,16 +122,17 @@ def fit(trainer: Trainer, run_dir: Path, *, resume: bool = False) -> dict[str, A
         wait = 0.0
         sums: dict[str, float] = defaultdict(float)
         lr = trainer.optimizer.param_groups[0]["lr"]
-        bar = tqdm(range(t.iterations_per_epoch), desc=f"epoch {epoch}", unit="it", disable=not main, leave=False)
-        for _ in bar:
-            t0 = time.perf_counter()
-            batch = next(trainer.loader)
-            wait += time.perf_counter() - t0
-            parts = _step(trainer, batch)
-            del batch  # lets the loader recycle the batch's slot
-            for k, v in parts.items():
-                sums[k] += v
-            bar.set_postfix(loss=f"{parts['loss']:.3f}")
+        with Progress(t.iterations_per_epoch, f"epoch {epoch}", unit="it", enabled=main) as bar:
+            for _ in range(t.iterations_per_epoch):
+                t0 = time.perf_counter()
+                batch = next(trainer.loader)
+                wait += time.perf_counter() - t0
+                parts = _step(trainer, batch)
+                del batch  # lets the loader recycle the batch's slot
+                for k, v in parts.items():
+                    sums[k] += v
+                bar.set_postfix(f"loss={parts['loss']:.3f}")
+                bar.update()
         trainer.lr_schedule.step()
         if trainer.device.type == "cuda":
             torch.cuda.synchronize()

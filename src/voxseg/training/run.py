@@ -23,9 +23,10 @@ from voxseg.errors import CheckpointError, InputError
 from voxseg.io_utils import atomic_write_json, atomic_write_text
 from voxseg.planning.fingerprint import Fingerprint
 from voxseg.plans import Plan, load_plans
+from voxseg.preprocessing.preprocess import store_dir
 from voxseg.preprocessing.splits import load_or_create_splits
 from voxseg.preprocessing.store import Store
-from voxseg.training.distributed import init_distributed, shutdown_distributed
+from voxseg.distributed import init_distributed, shutdown_distributed
 from voxseg.training.loop import fit
 from voxseg.training.settings import Settings
 from voxseg.training.trainer import Trainer, TrainingContext, load_trainer
@@ -93,7 +94,7 @@ def train(
     work_dir = Path(work_dir)
     plan = load_plans(work_dir)
     plan.configuration(config)  # clear error for an unknown configuration
-    store = Store(work_dir / "store" / config)
+    store = Store(store_dir(work_dir, config, plan))
     available = store.case_ids()
     if not available:
         raise InputError(f"no preprocessed cases for '{config}'", path=store.root, fix=f"run `voxseg preprocess {work_dir} --configs {config}`")

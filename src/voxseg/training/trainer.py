@@ -34,7 +34,7 @@ from voxseg.registry import TRAINERS
 from voxseg.sampling.batch import Batch
 from voxseg.sampling.case_sampler import CaseSampler
 from voxseg.sampling.loader import PatchLoader
-from voxseg.training.distributed import DistInfo
+from voxseg.distributed import DistInfo
 from voxseg.training.pretrained import transfer_weights
 from voxseg.training.settings import Settings
 

@@ -17,7 +17,7 @@ from voxseg.evaluation.evaluate import evaluate_folders
 from voxseg.inference.cohort import CaseInput, predict_cases
 from voxseg.inference.models import load_models
 from voxseg.inference.predictor import Predictor
-from voxseg.training.distributed import is_main_process
+from voxseg.distributed import is_main_process
 from voxseg.training.run import train
 from voxseg.training.settings import Settings
 from voxseg.training.trainer import Trainer

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from voxseg.data.io import read_image
+from voxseg.data.io import read_channels, read_image
 from voxseg.data.labels import IGNORE
 from voxseg.errors import InputError, NotFoundError
 from voxseg.evaluation.metrics import nanmean
@@ -147,9 +147,10 @@ def _case_section(case: dict, summary: dict, summary_path: Path, images_dir: Pat
             ref = np.where(ref == ignore, IGNORE, ref)
         # nnU-Net layout: the image of labelsTr/CASE sits in imagesTr/CASE_0000.
         sibling = ref_path.parent.parent / ref_path.parent.name.replace("labels", "images", 1)
-        found = [d / f"{case_id}_0000{ending}" for d in (images_dir, sibling) if d is not None]
-        image_path = next((p for p in found if p.is_file()), None)
-        image = read_image(image_path)[0].astype(np.float32) if image_path else None
+        # JPEG datasets keep PNG labels beside .jpg images: look for the image under any ending.
+        found = [p for d in (images_dir, sibling) if d is not None and d.is_dir() for p in sorted(d.glob(f"{case_id}_0000.*"))]
+        image_path = next((p for p in found if p.name.endswith(ending)), found[0] if found else None)
+        image = read_channels(image_path)[0][0].astype(np.float32) if image_path else None
         figure = f"<img src='{case_figure(image, ref, pred, geometry.spacing)}' alt='{html.escape(case_id)} overlay'>"
     return (f"<div class='case'><div class='case-head'><span class='tag {tag}'>{tag}</span><b>{html.escape(case_id)}</b>"
             f"<span class='muted'>mean Dice {_fmt(_case_score(case), 'Dice')}</span></div><div class='chips'>{chips}</div>{figure}</div>")

@@ -1,4 +1,4 @@
-"""torch.distributed set-up for `torchrun --nproc_per_node=K -m voxseg train ...`.
+"""torch.distributed set-up for `torchrun --nproc_per_node=K -m voxseg train|predict ...`.
 
 torchrun's own protocol (RANK, WORLD_SIZE, LOCAL_RANK in the environment) is the one place voxseg
 reads environment variables: that is how torchrun hands each process its identity.
@@ -37,6 +37,14 @@ class DistInfo:
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
+
+    def gather(self, obj: object) -> list[object]:
+        """Every rank's `obj` (a small picklable object), on every rank."""
+        if self.world_size == 1:
+            return [obj]
+        out: list[object] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
 
 
 def launched_by_torchrun() -> bool:

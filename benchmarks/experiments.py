@@ -1,6 +1,6 @@
 """Feature experiments on synthetic data (CPU): what the dataset features buy, end to end.
 
-    python benchmarks/experiments.py {regions,rgb,partial,finetune,all} [--out DIR] [--epochs E] [--iterations I]
+    python benchmarks/experiments.py {regions,rgb,partial,finetune,cascade,all} [--out DIR] [--epochs E] [--iterations I]
 
 Each experiment builds its data with ``voxseg demo-data``'s generators, runs the real commands
 (plan, preprocess, train, predict, evaluate) and prints a markdown table of held-out Dice; the
@@ -16,6 +16,8 @@ numbers are recorded in the docs (datasets.md, losses.md, training.md):
 - finetune: a model trained on one synthetic dataset, fine-tuned (``--pretrained``, plan ``--like``)
             on a related one whose label values are swapped, vs training from scratch, both for
             the same small number of iterations.
+- cascade:  cases of 110-130 voxels per axis under a small memory budget: both stages planned,
+            5 low-resolution folds and a cascade fold trained, one predict command.
 """
 from __future__ import annotations
 
@@ -122,7 +124,34 @@ def finetune(out: Path, epochs: int, iterations: int) -> list[str]:
             f"| from scratch | {scratch['mean']['2']['Dice']:.3f} | {scratch['mean']['1']['Dice']:.3f} | {scratch['train_s']:.0f} s |"]
 
 
-EXPERIMENTS = {"regions": regions, "rgb": rgb, "partial": partial, "finetune": finetune}
+def cascade(out: Path, epochs: int, iterations: int) -> list[str]:
+    """Cases of 110-130 voxels per axis and a 0.5 GB budget: plan both stages, 5 low-resolution
+    folds, one cascade fold, then one predict command through both stages."""
+    raw = make_demo_dataset(out / "raw", cases=10, test_cases=2, seed=0, size_range=(110, 130))
+    work = out / "work"
+    start = time.perf_counter()
+    run("plan", raw, "-o", work, "--gpu-memory", "0.5", "--configs", "3d_fullres,3d_lowres")
+    plan = json.loads((work / "plans.json").read_text())["configurations"]
+    run("preprocess", work)
+    sets = [f"training.epochs={epochs}", f"training.iterations_per_epoch={iterations}", "training.val_iterations=2"]
+    flags = [a for s in sets for a in ("--set", s)]
+    for fold in range(5):
+        run("train", work, "3d_lowres", fold, "--device", "cpu", "--name", "e", *flags)
+    run("train", work, "3d_cascade_fullres", 0, "--device", "cpu", "--name", "e", *flags)
+    out_dir = work / "pred"
+    run("predict", "-m", work / "runs" / "3d_cascade_fullres__default__e", "-i", raw / "imagesTs", "-o", out_dir, "--device", "cpu", "--no-tta")
+    run("evaluate", out_dir, raw / "labelsTs", "-d", raw / "dataset.json", "--metrics", "dice")
+    summary = json.loads((out_dir / "summary.json").read_text())
+    folds = sum(1 for _ in (work / "runs" / "3d_lowres__default__e").glob("fold_*/next_stage"))
+    lines = ["| configuration | spacing | patch |", "|---|---|---|"]
+    lines += [f"| {k} | {[round(v, 2) for v in c['spacing']]} | {c['patch_size']} |" for k, c in plan.items()]
+    lines += [f"low-resolution folds with next-stage inputs: {folds}; cascade held-out Dice "
+              + ", ".join(f"{summary['label_names'][k]} {v['Dice']:.3f}" for k, v in summary["mean"].items())
+              + f"; whole run {time.perf_counter() - start:.0f} s ({epochs} x {iterations} it per fold)"]
+    return lines
+
+
+EXPERIMENTS = {"regions": regions, "rgb": rgb, "partial": partial, "finetune": finetune, "cascade": cascade}
 
 
 def cli() -> None:

@@ -69,6 +69,7 @@ def test_continue_after_a_kill_keeps_finished_cases_and_does_the_rest(model, coh
     assert len(list(out.glob("c*.nii.gz"))) == 6
 
 
+@pytest.mark.slow
 def test_io_workers_give_byte_identical_outputs(model, cohort, tmp_path):
     serial = predict([model], cohort, tmp_path / "serial", tta=False, device="cpu", progress=False, save_probabilities=True)
     pooled = predict([model], cohort, tmp_path / "pooled", tta=False, device="cpu", progress=False, save_probabilities=True, io_workers=2)

@@ -65,3 +65,44 @@ def test_rgb_outside_8_bit_is_refused_not_squeezed():
 def test_unknown_scheme_in_plans_is_an_error():
     with pytest.raises(PlanError, match="unknown normalization scheme"):
         Normalization("minmax")
+
+
+def test_masked_zscore_normalises_zero_voxels_inside_the_filled_mask():
+    """The mask is the hole-filled non-zero region of all channels (nnU-Net's), not `image != 0`:
+    a zero voxel enclosed by tissue is normalised like its neighbours, not zeroed."""
+    from voxseg.data.crop import filled_nonzero_mask
+
+    image = np.zeros((1, 5, 5), np.float32)  # one 2D channel
+    image[0, 1:4, 1:4] = [[2, 4, 6], [8, 0, 10], [12, 14, 16]]  # a zero hole in the middle
+    mask = filled_nonzero_mask(image)
+    assert mask[2, 2] and mask.sum() == 9
+    out = normalize_channels(image.copy(), [Normalization("zscore", use_nonzero_mask=True)], mask)
+    inside = image[0][mask].astype(np.float64)
+    np.testing.assert_allclose(out[0][mask], (inside - inside.mean()) / inside.std(), rtol=1e-6)
+    assert out[0, 2, 2] == pytest.approx((0 - inside.mean()) / inside.std(), rel=1e-6) and out[0, 2, 2] != 0
+    assert (out[0][~mask] == 0).all()
+
+
+def test_zscore_statistics_are_per_channel_and_only_masked_channels_use_the_mask():
+    rng = np.random.default_rng(0)
+    image = np.zeros((3, 8, 16, 16), np.float32)
+    image[:, 2:6, 4:12, 4:12] = rng.normal([[[[1000.0]]], [[[-5.0]]], [[[3.0]]]], [[[[200.0]]], [[[0.01]]], [[[2.0]]]], (3, 4, 8, 8))
+    mask = image[0] != 0
+    schemes = [Normalization("zscore", use_nonzero_mask=True), Normalization("zscore", use_nonzero_mask=True), Normalization("zscore")]
+    out = normalize_channels(image.copy(), schemes, mask)
+    for c in (0, 1):  # inside the mask: mean 0, std 1 whatever the channel's scale; outside: 0
+        assert out[c][mask].mean() == pytest.approx(0, abs=1e-4) and out[c][mask].std() == pytest.approx(1, rel=1e-4)
+        assert (out[c][~mask] == 0).all()
+    whole = image[2].astype(np.float64)  # unmasked: statistics of every voxel, background included
+    np.testing.assert_allclose(out[2], (whole - whole.mean()) / whole.std(), rtol=1e-4, atol=1e-5)
+    assert out[2][~mask].std() == 0 and out[2][~mask][0] == pytest.approx(-whole.mean() / whole.std(), rel=1e-5)
+
+
+def test_zscore_of_a_constant_channel_or_an_empty_mask_is_zero_not_nan():
+    flat = normalize_channels(np.full((1, 4, 4), 7.0, np.float32), [Normalization("zscore")])
+    assert np.isfinite(flat).all() and (flat == 0).all()
+    empty = normalize_channels(np.ones((1, 4, 4), np.float32), [Normalization("zscore", use_nonzero_mask=True)],
+                               np.zeros((4, 4), bool))
+    assert np.isfinite(empty).all() and (empty == 0).all()
+    with pytest.raises(ValueError, match="non-zero mask is required"):
+        normalize_channels(np.ones((1, 4, 4), np.float32), [Normalization("zscore", use_nonzero_mask=True)])

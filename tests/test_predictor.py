@@ -22,6 +22,7 @@ def trained(tiny_work):
     return train(tiny_work, "3d_fullres", "all", settings, device="cpu", name="predictor").parent
 
 
+@pytest.mark.slow
 def test_predictions_keep_the_input_geometry_on_real_scans(trained, shared_data, tmp_path):
     inp = tmp_path / "in"
     inp.mkdir()

@@ -77,3 +77,12 @@ def test_missing_or_bad_file(tmp_path):
     bad.write_text("training: [1, 2\n")
     with pytest.raises(SettingsError, match="invalid YAML"):
         load_settings(bad)
+
+
+def test_on_off_stay_strings_only_true_false_are_booleans(tmp_path):
+    s = load_settings(None, ["training.compile=on", "training.final_validation=false"])
+    assert s.training.compile == "on" and s.training.final_validation is False
+    f = tmp_path / "s.yaml"
+    f.write_text("training:\n  compile: off\n  final_validation: true\n")
+    s = load_settings(f)
+    assert s.training.compile == "off" and s.training.final_validation is True

@@ -106,3 +106,10 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(array))
+
+
+def remove_temp_files(folder: str | Path, stem: str = "") -> None:
+    """Delete temp files an interrupted atomic write left in `folder` (those of outputs whose name
+    starts with `stem`, when given: a process must not touch another's files in flight)."""
+    for p in Path(folder).glob(f".{stem}*.tmp*"):
+        p.unlink(missing_ok=True)

@@ -14,7 +14,7 @@ named for what it is: ``noise_std``), per-channel probability 0.5 for blur and l
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from voxseg.errors import SettingsError
@@ -53,47 +53,56 @@ class AugmentationSettings:
     nnU-Net's split draw (50 % in ``[low, 1]``, 50 % in ``[1, high]``).
     """
 
-    preset: str = "default"  # recorded for settings.yaml; apply a preset with from_preset/from_dict
-    # Where batches are augmented. "device": batched on the training device after the loader;
-    # "loader": inside the loader's worker processes, before the batch reaches the trainer (the
-    # CPU fallback: several processes share the work, as nnU-Net's augmenter workers do); "auto":
-    # "device" on a GPU, "loader" on a CPU.
-    where: Literal["auto", "device", "loader"] = "auto"
+    preset: str = field(default="default", metadata={
+        "help": "starting point: default (nnU-Net v2), light or none (centre crop only); the other keys refine it"})
+    where: Literal["auto", "device", "loader"] = field(default="auto", metadata={
+        "help": "where batches are augmented: device (batched on the training device), loader (in the loader's "
+                "worker processes, the CPU fallback) or auto (device on a GPU, loader on a CPU)"})
     # spatial: ONE resampling of the enlarged input patch per sample
-    rotation_p: float = 0.2
-    rotation_deg: float | None = None  # max |angle|; None = nnU-Net's rule (see resolve_rotation_deg)
-    rotation_in_plane_only: bool | None = None  # None = the plan decides (anisotropic / 2D-like)
-    scale_p: float = 0.2
-    scale_range: Range = (0.7, 1.4)  # >1 zooms out (objects get smaller), as in nnU-Net
-    scale_isotropic: bool = True
-    elastic_p: float = 0.0
-    elastic_magnitude: Range = (0.0, 0.2)  # max displacement as a fraction of the patch size
-    elastic_grid: int = 5  # control points per axis; fewer = smoother deformation
-    label_interpolation: Literal["nearest", "linear"] = "nearest"
-    # How much larger than the patch the loader's crop is. "nnunet": room for the rotations and a
-    # zoom-out up to 1/0.85 as nnU-Net sizes it (rare stronger zoom-outs read padding, which is
-    # 0 / IGNORE); "worst_case": room for every allowed transform (about 3x the voxels in 3D).
-    input_margin: Literal["nnunet", "worst_case"] = "nnunet"
-    mirror_p: float = 0.5  # per axis
-    mirror_axes: tuple[int, ...] | None = None  # None = every spatial axis
+    rotation_p: float = field(default=0.2, metadata={"help": "probability of a rotation"})
+    rotation_deg: float | None = field(default=None, metadata={
+        "help": "max |angle| in degrees; null: nnU-Net's rule (3D 30; in-plane only and 2D 180; 2D patches elongated > 1.5x 15)"})
+    rotation_in_plane_only: bool | None = field(default=None, metadata={
+        "help": "rotate about axis 0 only; null: the plan decides (anisotropic or 2D-like patches)"})
+    scale_p: float = field(default=0.2, metadata={"help": "probability of scaling"})
+    scale_range: Range = field(default=(0.7, 1.4), metadata={
+        "help": "scale factor range; > 1 zooms out (objects get smaller), as in nnU-Net"})
+    scale_isotropic: bool = field(default=True, metadata={"help": "one scale factor for every axis"})
+    elastic_p: float = field(default=0.0, metadata={"help": "probability of an elastic deformation"})
+    elastic_magnitude: Range = field(default=(0.0, 0.2), metadata={
+        "help": "max displacement as a fraction of the patch size"})
+    elastic_grid: int = field(default=5, metadata={"help": "control points per axis; fewer = smoother deformation"})
+    label_interpolation: Literal["nearest", "linear"] = field(default="nearest", metadata={
+        "help": "how label maps are resampled: nearest, or linear on per-class masks"})
+    input_margin: Literal["nnunet", "worst_case"] = field(default="nnunet", metadata={
+        "help": "room the loader's crop leaves around the patch: nnunet (rotations and a zoom-out to 1/0.85; rarer "
+                "stronger zoom-outs read padding) or worst_case (every allowed transform, about 3x the voxels in 3D)"})
+    mirror_p: float = field(default=0.5, metadata={"help": "probability of mirroring, per axis"})
+    mirror_axes: tuple[int, ...] | None = field(default=None, metadata={
+        "help": "spatial axes that may be mirrored; null: every spatial axis"})
     # intensity: image only, after the spatial step
-    noise_p: float = 0.1
-    noise_std: Range = (0.0, 0.1)
-    blur_p: float = 0.2
-    blur_p_per_channel: float = 0.5
-    blur_sigma: Range = (0.5, 1.0)  # voxels, drawn per axis
-    brightness_p: float = 0.15
-    brightness_range: Range = (0.75, 1.25)
-    contrast_p: float = 0.15
-    contrast_range: Range = (0.75, 1.25)
-    contrast_preserve_range: bool = True
-    lowres_p: float = 0.25
-    lowres_p_per_channel: float = 0.5
-    lowres_zoom: Range = (0.5, 1.0)
-    gamma_inv_p: float = 0.1
-    gamma_p: float = 0.3
-    gamma_range: Range = (0.7, 1.5)
-    gamma_retain_stats: bool = True
+    noise_p: float = field(default=0.1, metadata={"help": "probability of Gaussian noise"})
+    noise_std: Range = field(default=(0.0, 0.1), metadata={"help": "noise standard deviation range"})
+    blur_p: float = field(default=0.2, metadata={"help": "probability of Gaussian blur"})
+    blur_p_per_channel: float = field(default=0.5, metadata={
+        "help": "probability that a channel of a blurred sample is blurred"})
+    blur_sigma: Range = field(default=(0.5, 1.0), metadata={"help": "blur sigma range in voxels, drawn per axis"})
+    brightness_p: float = field(default=0.15, metadata={"help": "probability of a brightness (multiplicative) change"})
+    brightness_range: Range = field(default=(0.75, 1.25), metadata={
+        "help": "brightness factor range (split draw around 1)"})
+    contrast_p: float = field(default=0.15, metadata={"help": "probability of a contrast change"})
+    contrast_range: Range = field(default=(0.75, 1.25), metadata={"help": "contrast factor range (split draw around 1)"})
+    contrast_preserve_range: bool = field(default=True, metadata={
+        "help": "clip to the channel's old [min, max] after a contrast change"})
+    lowres_p: float = field(default=0.25, metadata={"help": "probability of simulating low resolution"})
+    lowres_p_per_channel: float = field(default=0.5, metadata={
+        "help": "probability that a channel of a low-resolution sample is affected"})
+    lowres_zoom: Range = field(default=(0.5, 1.0), metadata={"help": "zoom range of the low-resolution simulation"})
+    gamma_inv_p: float = field(default=0.1, metadata={"help": "probability of gamma on the inverted image"})
+    gamma_p: float = field(default=0.3, metadata={"help": "probability of gamma"})
+    gamma_range: Range = field(default=(0.7, 1.5), metadata={
+        "help": "gamma range (split draw around 1), shared by both gamma transforms"})
+    gamma_retain_stats: bool = field(default=True, metadata={"help": "restore each channel's mean and std after gamma"})
 
     def __post_init__(self) -> None:
         # YAML and --set deliver lists; tuples keep the dataclass hashable and comparable.

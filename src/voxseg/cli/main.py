@@ -16,7 +16,7 @@ import sys
 from voxseg import __version__
 from voxseg.errors import VoxsegError
 
-COMMAND_MODULES = ("data", "plan", "train", "predict", "evaluate", "demo", "models")
+COMMAND_MODULES = ("data", "plan", "train", "predict", "evaluate", "demo", "models", "settings")
 _NO_SPACE = "free disk space (or write to another folder) and run the same command again; finished outputs are kept"
 _NO_ACCESS = "check the permissions of that file or folder, or write somewhere else"
 DEVICE_HELP = "where to compute; auto = a CUDA GPU if visible, else Apple's MPS if available, else the CPU"

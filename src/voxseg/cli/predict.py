@@ -32,11 +32,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "with the folds of one or more run folders (several runs = an ensemble, averaged in probability space), "
         "with sliding-window tiles and mirroring test-time augmentation. Outputs keep each input's geometry and file "
         "ending and are written atomically; a case that cannot be read is reported and skipped."))
-    p.add_argument("-m", "--models", nargs="+", type=Path, required=True, metavar="RUN_DIR", help="run folders (several = ensemble)")
+    p.add_argument("-m", "--models", nargs="+", type=Path, required=True, metavar="RUN_DIR|MODEL.zip",
+                   help="run folders, model zips from `voxseg export` or folders from `voxseg install` (several = ensemble)")
     p.add_argument("-i", "--input", type=Path, required=True, help="folder of CASE_0000<ending> images")
     p.add_argument("-o", "--output", type=Path, required=True, help="folder for the predictions (created)")
     p.add_argument("--folds", type=_folds, default=None, help="comma-separated fold indices, or all (default: every trained fold)")
-    p.add_argument("--checkpoint", default="final", choices=("final", "best", "latest"), help="which checkpoint_*.pt of each fold")
+    p.add_argument("--checkpoint", default=None, choices=("final", "best", "latest"),
+                   help="which checkpoint_*.pt of each fold (default: final; for a model zip the kind it holds)")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
+                   help="run the networks with torch, or with ONNX Runtime (a zip exported with --onnx; needs voxseg[onnx])")
     p.add_argument("--no-tta", action="store_true", help="skip mirroring test-time augmentation (8x faster in 3D)")
     p.add_argument("--step-size", type=float, default=0.5, help="tile step as a fraction of the patch")
     p.add_argument("--tile-batch", type=int, default=None, help="tiles per forward pass, mirror flips ride along (default: 4 on a GPU, 1 on a CPU)")
@@ -87,7 +91,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.io_workers < 0:
         raise InputError(f"--io-workers {args.io_workers} must be >= 0", fix="use 0 (threads) or a number of processes")
     result = predict(
-        args.models, args.input, args.output, folds=args.folds, checkpoint=args.checkpoint, tta=not args.no_tta,
+        args.models, args.input, args.output, folds=args.folds, checkpoint=args.checkpoint, backend=args.backend, tta=not args.no_tta,
         step=args.step_size, tile_batch=args.tile_batch, device=args.device, save_probabilities=args.save_probabilities, heads=args.heads,
         io_workers=args.io_workers, skip_existing=args.skip_existing, part=args.part,
     )

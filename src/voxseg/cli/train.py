@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrained", type=Path, default=None, metavar="RUN_DIR|CHECKPOINT",
                    help="fine-tune from this run, fold folder or checkpoint: matching weights are copied, output "
                         "classes are matched by name; the default learning rate drops to 1e-3 (default: train from scratch)")
+    p.add_argument("--previous-stage", type=Path, default=None, metavar="RUN_DIR",
+                   help="3d_cascade_fullres: the 3d_lowres run whose out-of-fold segmentations it refines "
+                        "(default: the one 3d_lowres run in WORK/runs)")
     p.add_argument("--val-best", action="store_true",
                    help="final validation with checkpoint_best.pt instead of the final weights (default: final)")
     p.set_defaults(func=run_train)
@@ -40,6 +43,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.settings, args.overrides)
     run_dir = train_fold(args.work_dir, args.config, args.fold, settings, trainer=args.trainer, device=args.device,
-                         resume=args.resume, name=args.name, val_best=args.val_best, pretrained=args.pretrained)
+                         resume=args.resume, name=args.name, val_best=args.val_best, pretrained=args.pretrained,
+                         previous_stage=args.previous_stage)
     print(f"done: {run_dir}")
     return 0

@@ -35,6 +35,7 @@ from voxseg.errors import InputError, NotFoundError, VoxsegError
 from voxseg.inference import ensemble
 from voxseg.inference.models import load_models, load_postprocessing
 from voxseg.inference.predictor import CasePrediction, Predictor
+from voxseg.io_utils import remove_temp_files
 from voxseg.parallel import process_pool
 from voxseg.plans import Plan
 from voxseg.preprocessing.preprocess import preprocess_case
@@ -148,8 +149,9 @@ def predict_cases(
         if skip_existing and all(f.is_file() for f in files):
             result.skipped.append(case.case_id)
         else:
+            remove_temp_files(output_dir, f"{case.case_id}.")  # left by a killed run; other shards' cases untouched
             todo.append((case, files))
-    preprocessing = [(g.plan, g.config_name) for g in predictor.groups]
+    preprocessing = predictor.preprocessing()
     order = predictor.outputs.regions_class_order or None
     with ExitStack() as stack, Progress(len(todo), "predict", unit="case", enabled=progress) as bar:
         if io_workers > 0:
@@ -200,7 +202,8 @@ def predict(
     output_dir: str | Path,
     *,
     folds: Sequence[str] | None = None,
-    checkpoint: str = "final",
+    checkpoint: str | None = None,
+    backend: str = "torch",
     tta: bool = True,
     step: float = 0.5,
     tile_batch: int | None = None,
@@ -216,12 +219,30 @@ def predict(
 
     Under torchrun each process takes the shard of its rank (of `part`, when given too) and, on
     CUDA, the GPU of its local rank; every rank returns the merged result of all ranks.
+
+    Args:
+        run_dirs: run folders, model zips (`voxseg export`) or installed models; several = an ensemble.
+        input_dir: a folder of CASE_0000<ending> images (one file per channel).
+        output_dir: where CASE<ending> segmentations (and CASE.npz probabilities) are written.
+        folds: fold names to use (None: every fold there is).
+        checkpoint: "final", "best" or "latest" (None: final; a zip's own kind).
+        backend: "torch", or "onnx" for the ONNX networks of a zip exported with ``--onnx``.
+        tta, step, tile_batch: mirroring, tile step (fraction of the patch), tiles per forward pass.
+        device: "auto", "cuda", "mps" or "cpu".
+        save_probabilities, heads: also write CASE.npz / the extra heads.
+        progress, io_workers, skip_existing, part: see the module docstring.
+
+    Example:
+        >>> import voxseg
+        >>> result = voxseg.predict([run], images, tmp / "predictions", device="cpu", progress=False)
+        >>> result.failed
+        {}
     """
     run_dirs = [Path(r) for r in run_dirs]
     dev = resolve_device(device, local_rank=int(os.environ.get("LOCAL_RANK", 0)))
     dist = init_distributed(dev.type)
     try:
-        groups = load_models(run_dirs, folds, checkpoint, dev)
+        groups = load_models(run_dirs, folds, checkpoint, dev, backend)
         predictor = Predictor(groups, dev, tta=tta, step=step, tile_batch=tile_batch, postprocessing=load_postprocessing(run_dirs))
         cases, ending = discover_cases(Path(input_dir))
         cases = select_part(select_part(cases, part), (dist.rank, dist.world_size) if dist.world_size > 1 else None)

@@ -10,17 +10,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from voxseg.errors import CheckpointError, InputError
+from voxseg.inference.onnx_backend import OnnxNetwork
+from voxseg.inference.package import installed_runs, locate, localize, package_checkpoints, package_postprocessing
 from voxseg.model.checkpoint import load_checkpoint, network_from_meta
 from voxseg.model.outputs import OutputScheme
 from voxseg.plans import ConfigurationPlan, Plan
 
 CHECKPOINTS = ("final", "best", "latest")
+BACKENDS = ("torch", "onnx")
 
 
 @dataclass
@@ -35,6 +38,7 @@ class ModelGroup:
     # How the sliding window and export are run; imported nnU-Net models record nnU-Net's recipe.
     recipe: dict[str, Any] = field(default_factory=dict)
     sources: list[Path] = field(default_factory=list)  # the checkpoint files, for messages
+    previous: ModelGroup | None = None  # cascade: the stage whose segmentation this one refines
 
     @property
     def config(self) -> ConfigurationPlan:
@@ -63,39 +67,90 @@ def fold_dirs(run_dir: Path, folds: Sequence[str] | None) -> list[Path]:
     return found
 
 
-def load_models(run_dirs: Sequence[Path], folds: Sequence[str] | None, checkpoint: str, device: torch.device) -> list[ModelGroup]:
-    if checkpoint not in CHECKPOINTS:
+def _checkpoints(run_dir: Path, folds: Sequence[str] | None, checkpoint: str | None,
+                 onnx: bool) -> Iterator[tuple[Path, dict, bytes | str | None]]:
+    """(checkpoint file, checkpoint, its ONNX network when `onnx`) for each fold of a run folder, a
+    model zip or a folder `voxseg install` wrote (`voxseg.inference.package`)."""
+    if locate(run_dir) is not None:
+        yield from package_checkpoints(run_dir, folds, checkpoint, onnx)
+        return
+    installed = installed_runs(run_dir) if run_dir.is_dir() else None
+    if installed is not None:
+        for run in installed[0]:
+            yield from _checkpoints(run, folds, checkpoint or installed[1], onnx)
+        return
+    for fold_dir in fold_dirs(run_dir, folds):
+        path = fold_dir / f"checkpoint_{checkpoint or 'final'}.pt"
+        ckpt = load_checkpoint(path, map_location="cpu")
+        localize(ckpt.get("meta"), fold_dir.parent, fold_dir.parent)
+        if onnx and not path.with_suffix(".onnx").is_file():
+            raise CheckpointError("no ONNX network beside the checkpoint", path=path.with_suffix(".onnx"),
+                                  fix="export the run with `voxseg export RUN_DIR -o MODEL.zip --onnx` and predict from that zip")
+        yield path, ckpt, str(path.with_suffix(".onnx")) if onnx else None
+
+
+def load_models(run_dirs: Sequence[Path], folds: Sequence[str] | None, checkpoint: str | None, device: torch.device,
+                backend: str = "torch") -> list[ModelGroup]:
+    """The networks of run folders, model zips or installed models, grouped by configuration.
+
+    `checkpoint` None means "final" for run folders and the kind a zip holds; `backend` "onnx" runs
+    the ONNX networks an export stored (`voxseg.inference.onnx_backend`) instead of torch.
+    """
+    if checkpoint is not None and checkpoint not in CHECKPOINTS:
         raise InputError(f"unknown checkpoint '{checkpoint}'", fix=f"use one of {', '.join(CHECKPOINTS)}")
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend '{backend}'", fix=f"use one of {', '.join(BACKENDS)}")
     groups: dict[tuple[str, str, str], ModelGroup] = {}
     for run_dir in run_dirs:
-        for fold_dir in fold_dirs(Path(run_dir), folds):
-            path = fold_dir / f"checkpoint_{checkpoint}.pt"
-            ckpt = load_checkpoint(path, map_location="cpu")
+        for path, ckpt, onnx in _checkpoints(Path(run_dir), folds, checkpoint, backend == "onnx"):
             meta = ckpt.get("meta")
             if not isinstance(meta, dict) or "plan" not in meta:
                 raise CheckpointError("not a voxseg checkpoint (no 'meta')", path=path,
                                       fix="pass a run folder written by `voxseg train`; nnU-Net models: `voxseg import-nnunet`")
-            network = network_from_meta(meta)
-            network.load_state_dict(ckpt["trainer"]["network"])
-            network.to(device).eval()
+            if onnx is not None:
+                network: nn.Module = OnnxNetwork(onnx, device)
+            else:
+                network = network_from_meta(meta)
+                network.load_state_dict(ckpt["trainer"]["network"])
+                network.to(device).eval()
             mirror = meta.get("mirror_axes")
             recipe = meta.get("inference", {})
-            key = (json.dumps(meta["plan"], sort_keys=True), meta["config_name"], json.dumps([mirror, recipe], sort_keys=True))
+            previous = meta.get("previous_stage")
+            key = (json.dumps(meta["plan"], sort_keys=True), meta["config_name"], json.dumps([mirror, recipe, previous], sort_keys=True))
             heads = [h["name"] for h in meta.get("network_spec", {}).get("heads", [])] or \
                 [h["name"] for h in meta.get("settings", {}).get("heads", [])]
             group = groups.setdefault(key, ModelGroup(Plan.from_json(meta["plan"]), meta["config_name"], head_names=heads,
                                                       mirror_axes=None if mirror is None else tuple(mirror), recipe=recipe))
             group.networks.append(network)
             group.sources.append(path)
+            if previous is not None and group.previous is None:
+                kind = path.stem[len("checkpoint_"):]  # the stage's own kind (a zip's or installed model's, when not asked)
+                group.previous = _previous_stage(Path(previous["run_dir"]), kind, device, path, backend)
     out = list(groups.values())
     if any(g.plan.num_classes != out[0].plan.num_classes or g.outputs != out[0].outputs for g in out):
         raise InputError("the models predict different classes or regions", fix="ensemble only models of the same dataset")
     return out
 
 
+def _previous_stage(run_dir: Path, checkpoint: str, device: torch.device, source: Path, backend: str) -> ModelGroup:
+    """A cascade's previous stage: every fold of the run its checkpoint records (one group)."""
+    if not run_dir.is_dir() and locate(run_dir) is None:
+        raise CheckpointError(f"the cascade's previous stage {run_dir} is gone", path=source,
+                              fix="restore that run folder, or retrain the cascade with --previous-stage")
+    (group,) = load_models([run_dir], None, checkpoint, device, backend)
+    return group
+
+
 def load_postprocessing(run_dirs: Sequence[Path]) -> dict | None:
-    """A rule saved by `voxseg find-postprocessing` beside a single run's folds."""
-    rules = [Path(r) / "postprocessing.json" for r in run_dirs]
-    if len(run_dirs) == 1 and rules[0].is_file():
-        return json.loads(rules[0].read_text())
-    return None
+    """A rule saved by `voxseg find-postprocessing` beside a single run's folds (or packed with
+    the single model a zip or installed folder predicts with)."""
+    if len(run_dirs) != 1:
+        return None
+    run = Path(run_dirs[0])
+    if locate(run) is not None:
+        return package_postprocessing(run)
+    installed = installed_runs(run) if run.is_dir() else None
+    if installed is not None:
+        return load_postprocessing(installed[0])
+    rule = run / "postprocessing.json"
+    return json.loads(rule.read_text()) if rule.is_file() else None

@@ -19,14 +19,14 @@ from voxseg.model.config import HeadSettings, check_head_names
 from voxseg.model.outputs import OutputScheme
 
 
-def _level_weights(settings: LossSettings, levels: int) -> list[float]:
+def _level_weights(settings: LossSettings, levels: int, min_weight: float = 0.0) -> list[float]:
     explicit = settings.deep_supervision_weights
     if explicit is not None and len(explicit) != levels:
         raise SettingsError(
             f"loss.deep_supervision_weights has {len(explicit)} values for {levels} outputs",
             fix=f"give {levels} weights (full resolution first) or leave it unset",
         )
-    return deep_supervision_weights(levels, explicit)
+    return [max(w, min_weight) for w in deep_supervision_weights(levels, explicit)]
 
 
 def _head_loss(head: HeadSettings, settings: LossSettings, batch_dice: bool) -> nn.Module:
@@ -53,11 +53,13 @@ def build_loss(
     ds_scales: Sequence[Sequence[float]] | None,
     batch_dice: bool,
     outputs: OutputScheme | None = None,
+    min_level_weight: float = 0.0,
 ) -> MultiHeadLoss:
     """``class_weights``: already resolved (see ``resolve_class_weights``), applied to ``seg``, one
     per output channel (class, or region for region-based ``outputs``). ``ds_scales``: the plan's
     ``deep_supervision_scales`` when the network runs with deep supervision, else None.
-    ``batch_dice``: the plan's, overridden by ``loss.batch_dice``."""
+    ``batch_dice``: the plan's, overridden by ``loss.batch_dice``. ``min_level_weight`` raises
+    zero deep-supervision weights (DDP needs every output in the graph: nnU-Net uses 1e-6)."""
     check_head_names(heads)
     outputs = outputs or OutputScheme(num_classes)
     if class_weights is not None and len(class_weights) != outputs.channels:
@@ -92,11 +94,11 @@ def build_loss(
             exclusion_weight=loss_settings.exclusion_weight if loss_settings.partial_labels == "marginal+exclusion" else 0.0,
         )
     losses: dict[str, tuple[nn.Module, float]] = {
-        "seg": (DeepSupervisionLoss(seg, _level_weights(loss_settings, levels)), 1.0)
+        "seg": (DeepSupervisionLoss(seg, _level_weights(loss_settings, levels, min_level_weight)), 1.0)
     }
     for head in heads:
         head.out_channels(num_classes)
-        weights = _level_weights(loss_settings, levels) if head.deep_supervision else [1.0]
+        weights = _level_weights(loss_settings, levels, min_level_weight) if head.deep_supervision else [1.0]
         losses[head.name] = (
             DeepSupervisionLoss(_head_loss(head, loss_settings, batch_dice), weights),
             head.weight,

@@ -6,7 +6,7 @@ Defaults reproduce nnU-Net: soft Dice (smooth 1e-5, no background, batch Dice as
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from voxseg.errors import SettingsError
 
@@ -16,32 +16,29 @@ PARTIAL_LABELS = ("marginal", "marginal+exclusion", "off")
 
 @dataclass
 class LossSettings:
-    """`loss.*` settings.
+    """`loss.*` settings; region-based plans train sigmoid BCE + Dice per region, with ``ce_weight`` on the BCE."""
 
-    ``batch_dice`` None takes the plan's choice. ``class_weights``: a list (one weight per class,
-    background included), ``inverse_frequency`` / ``sqrt_inverse_frequency`` (from the training
-    set's class voxel counts), or None. ``max_class_weight`` caps the ratio of the largest to the
-    smallest frequency-derived weight. ``weight_dice_classes`` also weights the per-class Dice
-    average. ``deep_supervision_weights`` (one per output, full resolution first) are normalised
-    to sum 1; None gives 1/2^i with the lowest resolution at 0. ``partial_labels``: how cases
-    that annotate only some classes (dataset.json ``annotated_classes``) are trained: ``marginal``
-    (default), ``marginal+exclusion`` (adds ``exclusion_weight`` x the exclusion loss) or ``off``.
-    Region-based plans train sigmoid BCE + Dice per region; ``ce_weight`` then weights the BCE.
-    """
-
-    dice_weight: float = 1.0
-    ce_weight: float = 1.0
-    batch_dice: bool | None = None
-    smooth: float = 1e-5
-    include_background: bool = False
-    class_weights: list[float] | str | None = None
-    max_class_weight: float = 10.0
-    weight_dice_classes: bool = False
-    deep_supervision_weights: list[float] | None = None
-    # Datasets with `annotated_classes`: marginal loss (unannotated classes merged into background),
-    # optionally with the exclusion loss; "off" treats every case as fully annotated.
-    partial_labels: str = "marginal"
-    exclusion_weight: float = 1.0
+    dice_weight: float = field(default=1.0, metadata={"help": "weight of the soft Dice term"})
+    ce_weight: float = field(default=1.0, metadata={
+        "help": "weight of the cross-entropy term (BCE for region-based plans)"})
+    batch_dice: bool | None = field(default=None, metadata={
+        "help": "Dice over the whole batch instead of per sample; null: the plan's choice"})
+    smooth: float = field(default=1e-5, metadata={"help": "smoothing added to the Dice numerator and denominator"})
+    include_background: bool = field(default=False, metadata={"help": "count the background class in the Dice"})
+    class_weights: list[float] | str | None = field(default=None, metadata={
+        "help": "one weight per class (background included), inverse_frequency or sqrt_inverse_frequency "
+                "(from the training set's class voxel counts); null: none"})
+    max_class_weight: float = field(default=10.0, metadata={
+        "help": "cap on the ratio of the largest to the smallest frequency-derived class weight"})
+    weight_dice_classes: bool = field(default=False, metadata={
+        "help": "also weight the per-class Dice average by the class weights"})
+    deep_supervision_weights: list[float] | None = field(default=None, metadata={
+        "help": "one weight per output, full resolution first, normalised to sum 1; null: 1/2^i with the lowest resolution at 0"})
+    partial_labels: str = field(default="marginal", metadata={
+        "help": "cases annotating only some classes (dataset.json annotated_classes): marginal (unannotated classes merged "
+                "into background), marginal+exclusion (adds the exclusion loss) or off (every case fully annotated)"})
+    exclusion_weight: float = field(default=1.0, metadata={
+        "help": "weight of the exclusion loss (partial_labels=marginal+exclusion)"})
 
     def __post_init__(self) -> None:
         if self.dice_weight < 0 or self.ce_weight < 0 or self.dice_weight + self.ce_weight == 0:

@@ -7,7 +7,7 @@ fails at load time with a SettingsError that names the setting, instead of deep 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from voxseg.errors import SettingsError
 
@@ -20,15 +20,15 @@ BINARY_TARGETS = ("foreground", "boundary")
 class ModelSettings:
     """`model.*`: which network to build from the plan's `network` topology, and how.
 
-    ``architecture`` is a registered name (``plain_unet``, ``resenc_unet``) or a dotted path
-    ``package.module:factory``; None keeps the plan's ``network["architecture"]`` so a ResEnc plan
-    is not silently overridden by a default.
+    ``architecture`` None keeps the plan's ``network["architecture"]`` so a ResEnc plan is not
+    silently overridden by a default.
     """
 
-    architecture: str | None = None
-    deep_supervision: bool = True
-    norm: str = "instance"
-    dropout: float = 0.0
+    architecture: str | None = field(default=None, metadata={
+        "help": "plain_unet, resenc_unet, another registered name or package.module:factory; null: the plan's"})
+    deep_supervision: bool = field(default=True, metadata={"help": "train on the outputs of every decoder resolution"})
+    norm: str = field(default="instance", metadata={"help": "normalisation layers: instance (affine, eps 1e-5) or batch"})
+    dropout: float = field(default=0.0, metadata={"help": "channel dropout probability after every convolution"})
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -44,21 +44,18 @@ class ModelSettings:
 
 @dataclass
 class HeadSettings:
-    """One extra output head: a 1x1 conv on the decoder features, with its own target and loss.
+    """One extra output head: a 1x1 conv on the decoder features, with its own target and loss."""
 
-    ``target``: ``labels`` (the label map), ``foreground`` (label > 0), ``boundary`` (voxels next
-    to another class) or ``extra:NAME`` (the map from ``labelsTr_NAME/``). ``channels`` None means:
-    1 for ``bce``/``mse``, 2 for the class losses on a binary target, num_classes on ``labels``.
-    ``deep_supervision`` adds outputs at the lower decoder resolutions (only when the network
-    itself runs with deep supervision).
-    """
-
-    name: str
-    target: str
-    loss: str = "bce"
-    channels: int | None = None
-    weight: float = 1.0
-    deep_supervision: bool = False
+    name: str = field(metadata={
+        "help": "key of the output and prefix of its logged parts; an identifier other than seg"})
+    target: str = field(metadata={
+        "help": "labels, foreground, boundary or extra:NAME (the map from labelsTr_NAME/)"})
+    loss: str = field(default="bce", metadata={"help": "bce, mse, ce, dice or dice_ce"})
+    channels: int | None = field(default=None, metadata={
+        "help": "output channels; null: 1 for bce/mse, 2 for a class loss on a binary target, the number of classes on labels"})
+    weight: float = field(default=1.0, metadata={"help": "the head's factor in the total loss"})
+    deep_supervision: bool = field(default=False, metadata={
+        "help": "also supervise the lower decoder resolutions (only when model.deep_supervision is on)"})
 
     def __post_init__(self) -> None:
         where = f"heads.{self.name}"

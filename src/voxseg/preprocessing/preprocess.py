@@ -23,7 +23,8 @@ import numpy as np
 from voxseg.data.crop import crop, filled_nonzero_mask, nonzero_bbox, uncrop
 from voxseg.data.io import Geometry, read_case_images
 from voxseg.data.spec import DatasetSpec, load_dataset, read_label
-from voxseg.errors import DatasetError
+from voxseg.errors import DatasetError, InputError
+from voxseg.io_utils import remove_temp_files
 from voxseg.parallel import map_cases
 from voxseg.plans import Plan, load_plans
 from voxseg.preprocessing.locations import case_seed, class_locations, output_groups
@@ -171,10 +172,14 @@ def _one_case(args: tuple[DatasetSpec, Plan, str, int, Path]) -> str:
     return case.case_id
 
 
-def _remove_stale_temp_files(root: Path) -> None:
-    """Temp files an interrupted run left behind (atomic writes never renamed them)."""
-    for p in root.glob(".*.tmp*"):
-        p.unlink(missing_ok=True)
+def _is_current(store: Store, case_id: str, key: str) -> bool:
+    """A finished case written with this plan; a damaged CASE.json is redone, not trusted."""
+    if not store.has_case(case_id):
+        return False
+    try:
+        return store.properties(case_id).get("plan_key") == key
+    except InputError:
+        return False
 
 
 def store_dir(work_dir: str | Path, config_name: str, plan: Plan | None = None) -> Path:
@@ -195,10 +200,9 @@ def preprocess_dataset(work_dir: str | Path, configs: Sequence[str] | None = Non
         plan.configuration(name)  # unknown name -> PlanError naming the planned ones
         root = store_dir(work_dir, name)
         root.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temp_files(root)
+        remove_temp_files(root)
         store, key = Store(root), plan_key(plan, name)
-        todo = [i for i, c in enumerate(spec.training)
-                if overwrite or not store.has_case(c.case_id) or store.properties(c.case_id).get("plan_key") != key]
+        todo = [i for i, c in enumerate(spec.training) if overwrite or not _is_current(store, c.case_id, key)]
         jobs += [(spec, plan, name, i, root) for i in todo]
         written[name] = len(todo)
     # One pool for all configurations: worker start-up is paid once.

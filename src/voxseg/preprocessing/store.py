@@ -79,10 +79,16 @@ def write_case(
 
 
 class Store:
-    """Read access to ``WORK/store/<config>/``; arrays are memory-mapped read-only."""
+    """Read access to ``WORK/store/<config>/``; arrays are memory-mapped read-only.
 
-    def __init__(self, root: str | Path):
+    `overlays` add label maps kept outside the store as extra maps of each case: name -> {case id:
+    .npy file} (the cascade's previous-stage segmentations, which live in the earlier stage's run
+    folder so one 3d_fullres store serves both configurations).
+    """
+
+    def __init__(self, root: str | Path, overlays: dict[str, dict[str, Path]] | None = None):
         self.root = Path(root)
+        self.overlays = dict(overlays or {})
 
     def case_ids(self) -> list[str]:
         if not self.root.is_dir():
@@ -101,6 +107,8 @@ class Store:
         image = self._read(f"{case_id}.npy", _mmap)
         seg = self._read(f"{case_id}_seg.npy", _mmap)
         extra = {n: self._read(f"{case_id}_seg_{n}.npy", _mmap) for n in props.get("extra", [])}
+        for name, files in self.overlays.items():
+            extra[name] = _mmap(files[case_id])
         locations = self._read(f"{case_id}_locs.npz", _load_npz)
         return StoredCase(case_id, image, seg, props, locations, extra)
 

@@ -99,9 +99,9 @@ class _Filler:
     """Crops (and, with an augmenter, augments) one batch into a slot; lives in a worker (or
     in-process) and caches opened cases."""
 
-    def __init__(self, store_root: str, sampler: PatchSampler, layout: _Layout, seed: int, rank: int,
+    def __init__(self, store: Store, sampler: PatchSampler, layout: _Layout, seed: int, rank: int,
                  augmenter: Augmenter | None = None):
-        self.store = Store(store_root)
+        self.store = store
         self.sampler, self.layout, self.seed, self.rank = sampler, layout, seed, rank
         self.augmenter = augmenter
         self.crop_layout = dataclasses.replace(layout, input_size=sampler.input_size)
@@ -241,7 +241,7 @@ class PatchLoader:
         delivered = augmenter.patch_size if augmenter is not None else sampler.input_size
         self.augmented = augmenter is not None
         self.layout = _Layout(batch_size, first.image.shape[0], tuple(delivered), tuple(sorted(first.extra)))
-        self._filler = _Filler(str(store.root), sampler, self.layout, seed, rank, augmenter)
+        self._filler = _Filler(store, sampler, self.layout, seed, rank, augmenter)
         self.workers = settings.resolved_workers()
         self._depth = self.workers * settings.prefetch
         self._pin = torch.cuda.is_available() if pin_memory is None else pin_memory

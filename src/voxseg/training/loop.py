@@ -16,6 +16,7 @@ import math
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +27,17 @@ from voxseg.errors import CheckpointError, SettingsError, VoxsegError
 from voxseg.model.checkpoint import load_checkpoint, save_checkpoint
 from voxseg.progress import Progress
 from voxseg.runlog import append_log, read_log, save_progress, truncate_log
+from voxseg.sampling.batch import Batch
 from voxseg.training.checkpoint import rng_state, set_rng_state
+from voxseg.training.tracking import start_tracking
 from voxseg.training.trainer import StepResult, Trainer, ValidationResult
 
 EMA_MOMENTUM = 0.9  # nnU-Net's pseudo-Dice EMA for picking the best checkpoint
 RESUMABLE = ("checkpoint_latest.pt", "checkpoint_best.pt")
 
 
-def _validate(trainer: Trainer) -> dict[str, Any]:
+def _validate(trainer: Trainer, last_batch: Callable[[Batch], None] | None = None) -> dict[str, Any]:
+    """Validation loss parts and pseudo-Dice, reduced over ranks; `last_batch` sees the last batch (tracking overlays)."""
     iters = trainer.settings.training.val_iterations
     if trainer.val_loader is None or iters == 0:
         return {}
@@ -42,13 +46,16 @@ def _validate(trainer: Trainer) -> dict[str, Any]:
     sums: dict[str, float] = defaultdict(float)
     counts = None
     for _ in range(max(1, iters // dist.world_size)):
-        out = trainer.validation_step(next(trainer.val_loader))
+        batch = next(trainer.val_loader)
+        out = trainer.validation_step(batch)
         if not isinstance(out, ValidationResult):
             raise SettingsError(f"{type(trainer).__name__}.validation_step returned {type(out).__name__}",
                                 fix="return voxseg.training.trainer.ValidationResult(parts, tp_fp_fn)")
         for k, v in out.parts.items():
             sums[k] += v
         counts = out.tp_fp_fn if counts is None else counts + out.tp_fp_fn
+    if last_batch is not None:
+        last_batch(batch)
     keys = sorted(sums)
     n = max(1, iters // dist.world_size) * dist.world_size
     totals = dist.all_reduce_sum(np.array([sums[k] for k in keys]))
@@ -115,6 +122,7 @@ def fit(trainer: Trainer, run_dir: Path, *, resume: bool = False) -> dict[str, A
         log_path.unlink()
     record: dict[str, Any] = {}
     reduce = dist.all_reduce_sum if dist.world_size > 1 else None
+    tracking = start_tracking(trainer, run_dir, start_step=state["epoch"])  # None when off, and off rank 0
     for epoch in range(state["epoch"], t.epochs):
         trainer.epoch = epoch
         trainer.network.train()
@@ -138,8 +146,10 @@ def fit(trainer: Trainer, run_dir: Path, *, resume: bool = False) -> dict[str, A
             torch.cuda.synchronize()
         train_time = time.perf_counter() - start
         record = {"epoch": epoch, "lr": lr}
-        record.update({f"train/{k}": v / t.iterations_per_epoch for k, v in sums.items()})
-        record.update(_validate(trainer))
+        keys = sorted(sums)  # every rank logs the same parts: averaged over ranks, as nnU-Net does
+        totals = dist.all_reduce_sum(np.array([sums[k] for k in keys])) / dist.world_size
+        record.update({f"train/{k}": float(v) / t.iterations_per_epoch for k, v in zip(keys, totals)})
+        record.update(_validate(trainer, tracking.on_last_batch(epoch) if tracking else None))
         metric = trainer.selection_metric(record)
         if metric is not None:
             state["ema"] = metric if state["ema"] is None else EMA_MOMENTUM * state["ema"] + (1 - EMA_MOMENTUM) * metric
@@ -160,6 +170,8 @@ def fit(trainer: Trainer, run_dir: Path, *, resume: bool = False) -> dict[str, A
         state["epoch"] = epoch + 1
         if main:
             append_log(log_path, record)
+            if tracking:
+                tracking.log_epoch(epoch, record)
             save_progress(run_dir / "progress.png", read_log(log_path))
             trainer.loader.write_stats(run_dir / "sampling_stats.json")
             summary = ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k in ("train/loss", "val/loss", "val/mean_dice") and v is not None)
@@ -174,6 +186,8 @@ def fit(trainer: Trainer, run_dir: Path, *, resume: bool = False) -> dict[str, A
             if main:
                 print(f"early stopping: no better EMA pseudo-Dice for {state['stale']} epochs")
             break
+    if tracking:
+        tracking.close()
     if main:
         save_checkpoint(run_dir / "checkpoint_final.pt", _payload(trainer, state))
         if not (run_dir / "checkpoint_best.pt").exists():

@@ -27,6 +27,7 @@ from voxseg.preprocessing.preprocess import store_dir
 from voxseg.preprocessing.splits import load_or_create_splits
 from voxseg.preprocessing.store import Store
 from voxseg.distributed import init_distributed, shutdown_distributed
+from voxseg.training.cascade import PREVIOUS, check_complete, find_previous_run, next_stage_files
 from voxseg.training.loop import fit
 from voxseg.training.settings import Settings
 from voxseg.training.trainer import Trainer, TrainingContext, load_trainer
@@ -88,6 +89,7 @@ def train(
     resume: bool = False,
     name: str | None = None,
     pretrained: str | Path | None = None,
+    previous_stage: str | Path | None = None,
 ) -> Path:
     """Train one fold (or `all`); returns the run folder. `pretrained`: fine-tune from that
     checkpoint / fold / run folder (`voxseg.training.pretrained`)."""
@@ -96,6 +98,11 @@ def train(
     plan.configuration(config)  # clear error for an unknown configuration
     store = Store(store_dir(work_dir, config, plan))
     available = store.case_ids()
+    previous_run = None
+    if plan.configuration(config).previous_stage is not None:
+        previous_run = find_previous_run(work_dir, plan, config, previous_stage)
+        files = next_stage_files(previous_run)
+        store = Store(store.root, overlays={PREVIOUS: files})
     if not available:
         raise InputError(f"no preprocessed cases for '{config}'", path=store.root, fix=f"run `voxseg preprocess {work_dir} --configs {config}`")
     trainer_cls: type[Trainer] = trainer if isinstance(trainer, type) else load_trainer(trainer)
@@ -109,6 +116,8 @@ def train(
     np.random.seed(seed + dist.rank)
     random.seed(seed + dist.rank)
     cases = fold_cases(work_dir, fold, available)
+    if previous_run is not None:
+        check_complete(store.overlays[PREVIOUS], cases.train + cases.val, previous_run, work_dir)
     run_dir = run_dir_for(work_dir, config, trainer_cls.name, settings, fold, name)
     if resume and not any((run_dir / n).is_file() for n in ("checkpoint_latest.pt", "checkpoint_best.pt")):
         raise CheckpointError("nothing to resume: no checkpoint_latest.pt or checkpoint_best.pt", path=run_dir, fix="train without --resume first")
@@ -117,6 +126,7 @@ def train(
         atomic_write_text(run_dir / "settings.yaml", settings.to_yaml())
         atomic_write_json(run_dir / "run.json", {"work_dir": str(work_dir.resolve()), "config": config, "fold": fold, "trainer": trainer_spec,
                                                  "pretrained": str(Path(pretrained).resolve()) if pretrained else None,
+                                                 "previous_stage": str(previous_run.resolve()) if previous_run else None,
                                                  "train": cases.train, "val": cases.val})
     from voxseg.data.spec import load_dataset
 
@@ -135,6 +145,7 @@ def train(
         dist=dist,
         trainer_spec=trainer_spec,
         pretrained=Path(pretrained) if pretrained is not None and not resume else None,
+        previous_stage=previous_run,
     )
     t = trainer_cls(ctx)
     try:

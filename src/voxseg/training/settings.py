@@ -1,8 +1,9 @@
 """The one typed settings object: defaults < `--settings FILE.yaml` < repeated `--set key=value`.
 
-Each stage owns its group's dataclass (`sampling.`, `augmentation.`, `loss.`, `model.`, `heads:`);
-this module nests them, converts YAML/CLI values to the declared types, and turns every unknown
-key or bad value into a SettingsError naming the key and the closest valid one.
+Each stage owns its group's dataclass (`sampling.`, `augmentation.`, `loss.`, `model.`, `heads:`,
+`logging.`); this module nests them, converts YAML/CLI values to the declared types, and turns every
+unknown key or bad value into a SettingsError naming the key and the closest valid one. Every field
+carries its meaning as `metadata={"help": ...}`: `voxseg settings` and docs/settings.md show it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from voxseg.errors import NotFoundError, SettingsError
 from voxseg.losses.config import LossSettings
 from voxseg.model.config import HeadSettings, ModelSettings, check_head_names
 from voxseg.sampling.config import SamplingSettings
+from voxseg.training.tracking import LoggingSettings
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEFAULT_LR = 1e-2
@@ -37,24 +40,35 @@ COMPILE = ("auto", "on", "off")
 class TrainingSettings:
     """`training.*`: nnU-Net's schedule and optimiser by default."""
 
-    epochs: int = 1000
-    iterations_per_epoch: int = 250
-    val_iterations: int = 50
-    batch_size: Optional[int] = None  # None: the plan's batch size
-    lr: Optional[float] = None  # None: 1e-2 (nnU-Net), or 1e-3 when fine-tuning (--pretrained)
-    momentum: float = 0.99
-    nesterov: bool = True
-    weight_decay: float = 3e-5
-    poly_exponent: float = 0.9
-    grad_clip: float = 12.0
-    precision: str = "auto"  # auto = bf16 where the device supports it, else fp32 on CPU
-    compile: str = "auto"  # auto = on for CUDA, off for CPU
-    seed: int = 0
-    checkpoint_every: Optional[int] = None  # also keep checkpoint_epoch_N.pt every N epochs (latest is every epoch)
-    early_stopping_patience: Optional[int] = None  # epochs without a better EMA pseudo-Dice
-    warmup_epochs: int = 0  # linear learning-rate warm-up over the first N epochs, then poly decay
-    freeze_encoder_epochs: int = 0  # train only decoder and heads for the first N epochs (fine-tuning)
-    final_validation: bool = True  # predict the fold's validation cases with the predictor at the end
+    epochs: int = field(default=1000, metadata={"help": "epochs to train"})
+    iterations_per_epoch: int = field(default=250, metadata={"help": "training steps per epoch"})
+    val_iterations: int = field(default=50, metadata={
+        "help": "validation batches per epoch (pseudo-Dice, validation loss); 0: none"})
+    batch_size: Optional[int] = field(default=None, metadata={
+        "help": "global batch size, split over DDP ranks; null: the plan's"})
+    lr: Optional[float] = field(default=None, metadata={
+        "help": "initial learning rate; null: 1e-2 (nnU-Net), or 1e-3 when fine-tuning (--pretrained)"})
+    momentum: float = field(default=0.99, metadata={"help": "SGD momentum"})
+    nesterov: bool = field(default=True, metadata={"help": "Nesterov momentum"})
+    weight_decay: float = field(default=3e-5, metadata={"help": "SGD weight decay"})
+    poly_exponent: float = field(default=0.9, metadata={
+        "help": "after the warm-up the learning rate decays as (1 - epoch / epochs) ^ poly_exponent"})
+    grad_clip: float = field(default=12.0, metadata={"help": "gradient norm clipped to this every step"})
+    precision: str = field(default="auto", metadata={
+        "help": "auto (bf16 where the device supports it, else fp32), bf16, fp16 or fp32"})
+    compile: str = field(default="auto", metadata={
+        "help": "torch.compile the network: auto (on for CUDA, else off), on or off"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation, sampling and augmentation"})
+    checkpoint_every: Optional[int] = field(default=None, metadata={
+        "help": "also keep checkpoint_epoch_N.pt every N epochs (checkpoint_latest.pt is written every epoch); null: none"})
+    early_stopping_patience: Optional[int] = field(default=None, metadata={
+        "help": "stop after this many epochs without a better EMA pseudo-Dice; null: never"})
+    warmup_epochs: int = field(default=0, metadata={
+        "help": "linear learning-rate warm-up over the first N epochs, then poly decay"})
+    freeze_encoder_epochs: int = field(default=0, metadata={
+        "help": "train only decoder and heads for the first N epochs (fine-tuning)"})
+    final_validation: bool = field(default=True, metadata={
+        "help": "predict the fold's validation cases with the predictor after training"})
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -85,12 +99,23 @@ class TrainingSettings:
 
 @dataclass
 class Settings:
-    training: TrainingSettings = field(default_factory=TrainingSettings)
-    sampling: SamplingSettings = field(default_factory=SamplingSettings)
-    augmentation: AugmentationSettings = field(default_factory=AugmentationSettings)
-    loss: LossSettings = field(default_factory=LossSettings)
-    model: ModelSettings = field(default_factory=ModelSettings)
-    heads: list[HeadSettings] = field(default_factory=list)
+    """Every settings group; a field's `help` describes the group, `page` names its docs page."""
+
+    training: TrainingSettings = field(default_factory=TrainingSettings, metadata={
+        "help": "schedule, optimiser, precision and checkpoints (nnU-Net's by default)", "page": "training.md"})
+    sampling: SamplingSettings = field(default_factory=SamplingSettings, metadata={
+        "help": "which cases and patches each batch holds, and the loader's workers", "page": "sampling.md"})
+    augmentation: AugmentationSettings = field(default_factory=AugmentationSettings, metadata={
+        "help": "every transform's probability and range; `preset` (default, light, none) is applied first, "
+                "the other keys refine it", "page": "augmentation.md"})
+    loss: LossSettings = field(default_factory=LossSettings, metadata={
+        "help": "Dice + CE weights, class weights, deep supervision, partial labels", "page": "losses.md"})
+    model: ModelSettings = field(default_factory=ModelSettings, metadata={
+        "help": "the network built from the plan's topology", "page": "losses.md"})
+    heads: list[HeadSettings] = field(default_factory=list, metadata={
+        "help": "extra output heads, each with its own target, loss and weight", "page": "multi-output.md"})
+    logging: LoggingSettings = field(default_factory=LoggingSettings, metadata={
+        "help": "experiment tracking: TensorBoard, MLflow, Weights & Biases (rank 0 only)", "page": "training.md"})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -99,7 +124,9 @@ class Settings:
         return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)
 
     def digest(self) -> str:
-        return hashlib.sha1(json.dumps(_plain(self.to_dict()), sort_keys=True).encode()).hexdigest()[:8]
+        # Tracking does not change what is trained: a run keeps its folder (and --resume finds it) with or without it.
+        trained = {k: v for k, v in self.to_dict().items() if k != "logging"}
+        return hashlib.sha1(json.dumps(_plain(trained), sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _plain(obj: Any) -> Any:
@@ -191,7 +218,7 @@ def settings_from_dict(data: dict | None) -> Settings:
         if key not in groups:
             raise SettingsError(f"unknown setting group '{key}'", fix=_suggest(key, groups))
     kwargs: dict[str, Any] = {}
-    for name in ("training", "sampling", "loss", "model"):
+    for name in ("training", "sampling", "loss", "model", "logging"):
         if name in data:
             kwargs[name] = _build(typing.get_type_hints(Settings)[name], data[name] or {}, name)
     if "augmentation" in data:
@@ -205,13 +232,29 @@ def settings_from_dict(data: dict | None) -> Settings:
     return Settings(**kwargs)
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, where on/off/yes/no are booleans, so `training.compile=on` (a
+    string setting) would arrive as True; here, as in YAML 1.2, only true/false are booleans."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL] for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Yaml12Loader)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'training.epochs=10' -> (['training', 'epochs'], 10); the value is parsed as YAML."""
     if "=" not in text:
         raise SettingsError(f"--set {text!r} is not key=value", fix="e.g. --set training.epochs=10")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -224,7 +267,7 @@ def load_settings(path: str | Path | None = None, overrides: list[str] | tuple[s
         if not path.is_file():
             raise NotFoundError("settings file not found", fix="pass an existing YAML file to --settings")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = _yaml(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise SettingsError(f"{path}: invalid YAML ({str(e).splitlines()[0]})", fix="fix the YAML syntax") from None
         if not isinstance(data, dict):

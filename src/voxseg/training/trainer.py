@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from voxseg.augment.cascade import cascade_inputs
 from voxseg.augment.pipeline import Augmenter, downsample_targets
 from voxseg.data.labels import IGNORE
 from voxseg.device import autocast_dtype
@@ -35,6 +36,7 @@ from voxseg.sampling.batch import Batch
 from voxseg.sampling.case_sampler import CaseSampler
 from voxseg.sampling.loader import PatchLoader
 from voxseg.distributed import DistInfo
+from voxseg.training.cascade import PREVIOUS
 from voxseg.training.pretrained import transfer_weights
 from voxseg.training.settings import Settings
 
@@ -56,6 +58,7 @@ class TrainingContext:
     dist: DistInfo = field(default_factory=DistInfo)
     trainer_spec: str = "default"  # how to load the trainer class again (predictor, resume)
     pretrained: Path | None = None  # a checkpoint / fold / run folder to fine-tune from
+    previous_stage: Path | None = None  # cascade: the previous stage's run folder
 
     @property
     def config(self) -> ConfigurationPlan:
@@ -110,6 +113,8 @@ class Trainer:
         self.amp_dtype = autocast_dtype(self.settings.training.precision, self.device)
         self.batch_size = self.settings.training.batch_size or ctx.config.batch_size
         self.epoch = 0  # set by the loop before each epoch
+        # Random corruption of a cascade's previous-stage input; its own stream so resume is exact.
+        self.cascade_generator = torch.Generator().manual_seed(self.settings.training.seed * 1000 + ctx.dist.rank + 17)
 
     def setup(self) -> None:
         self.network = type(self).build_network_architecture(self.network_spec())
@@ -154,6 +159,9 @@ class Trainer:
             ds_scales=ds,
             batch_dice=cfg.batch_dice,
             outputs=self.ctx.outputs,
+            # DDP all-reduces every parameter's gradient each step: an output left out of the loss
+            # (weight 0) would leave its head without one, so under DDP it gets nnU-Net's 1e-6.
+            min_level_weight=1e-6 if self.ctx.dist.world_size > 1 else 0.0,
         ).to(self.device)
 
     def build_optimizer(self, network: nn.Module) -> torch.optim.Optimizer:
@@ -253,9 +261,14 @@ class Trainer:
         labels = [batch.seg.to(dev, non_blocking=True)] + [batch.extra[n].to(dev, non_blocking=True) for n in names]
         if not batch.augmented:
             image, labels = augmenter(image, labels)
+        extra = dict(zip(names, labels[1:]))
+        previous = extra.pop(PREVIOUS, None)
+        if previous is not None:  # cascade: the previous stage's segmentation as one-hot input channels
+            corruption = self.cascade_generator if augmenter is self.augmenter else None
+            image = cascade_inputs(image, previous, self.ctx.plan.num_classes, corruption)
         scales = self.ctx.config.deep_supervision_scales if self.settings.model.deep_supervision else [[1.0] * self.ctx.config.dims]
         targets = {"labels": downsample_targets(labels[0], scales)}
-        targets.update({n: downsample_targets(lab, scales) for n, lab in zip(names, labels[1:])})
+        targets.update({n: downsample_targets(lab, scales) for n, lab in extra.items()})
         weights = batch.weights.to(dev) if self.settings.sampling.correct_bias else None
         annotated = None
         if batch.annotated is not None and self.settings.loss.partial_labels != "off":
@@ -284,9 +297,9 @@ class Trainer:
             net = torch.compile(net)
         if self.ctx.dist.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # static_graph: the lowest deep-supervision output has loss weight 0 and is never used;
-            # the set of unused parameters is fixed, so DDP need not search for it every step.
-            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids, static_graph=True)
+            # Without deep supervision the lower-resolution heads (built for checkpoint compatibility)
+            # get no gradient; DDP must then look for unused parameters each step.
+            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids, find_unused_parameters=not self.settings.model.deep_supervision)
         return net
 
     def _build_val_loader(self) -> PatchLoader | None:
@@ -340,6 +353,8 @@ class Trainer:
             "settings": self.settings.to_dict(),
             "trainer": self.ctx.trainer_spec,
             "class_names": self.ctx.class_names,
+            "previous_stage": None if self.ctx.previous_stage is None else
+            {"run_dir": str(self.ctx.previous_stage.resolve()), "config": self.ctx.config.previous_stage},
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -352,6 +367,7 @@ class Trainer:
             "val_loader": self.val_loader.state_dict() if self.val_loader else None,
             "case_sampler": self.case_sampler.state_dict(),
             "augmenter": self.augmenter.state_dict(),
+            "cascade_generator": self.cascade_generator.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -364,6 +380,8 @@ class Trainer:
         if self.val_loader and state.get("val_loader"):
             self.val_loader.load_state_dict(state["val_loader"])
         self.augmenter.load_state_dict(state["augmenter"])
+        if "cascade_generator" in state:
+            self.cascade_generator.set_state(state["cascade_generator"])
 
     def close(self) -> None:
         for loader in (getattr(self, "loader", None), getattr(self, "val_loader", None)):

@@ -34,8 +34,17 @@ CPU_PATCH = (72, 80, 80)
 GPU_PATCH = (88, 160, 128)
 BATCH = 2
 EVERYTHING = dict(
-    rotation_p=1.0, scale_p=1.0, noise_p=1.0, blur_p=1.0, blur_p_per_channel=1.0, brightness_p=1.0,
-    contrast_p=1.0, lowres_p=1.0, lowres_p_per_channel=1.0, gamma_inv_p=1.0, gamma_p=1.0,
+    rotation_p=1.0,
+    scale_p=1.0,
+    noise_p=1.0,
+    blur_p=1.0,
+    blur_p_per_channel=1.0,
+    brightness_p=1.0,
+    contrast_p=1.0,
+    lowres_p=1.0,
+    lowres_p_per_channel=1.0,
+    gamma_inv_p=1.0,
+    gamma_p=1.0,
 )
 
 
@@ -61,8 +70,16 @@ def _sync(device: torch.device) -> None:
 def reference_ms(python: str | None, patch: tuple[int, ...], iters: int) -> str:
     if not python or not Path(python).exists():
         return "n/a"
-    cmd = [python, str(HERE / "bench_augment_reference.py"), "--patch", *map(str, patch), "--batch", str(BATCH),
-           "--iters", str(max(3, iters // 4))]
+    cmd = [
+        python,
+        str(HERE / "bench_augment_reference.py"),
+        "--patch",
+        *map(str, patch),
+        "--batch",
+        str(BATCH),
+        "--iters",
+        str(max(3, iters // 4)),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         print(f"reference failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
@@ -88,16 +105,19 @@ def speed_table(args: argparse.Namespace) -> None:
     if torch.cuda.is_available():
         cases.append(("cuda", torch.device("cuda"), GPU_PATCH))
     print(f"batch {BATCH} x 1 channel, {args.threads} CPU thread(s), mean of {args.iters} batches")
-    print(f"{'device':<6} {'patch':<15} {'input':<16} {'default ms':>10} {'none ms':>8} {'all-on ms':>9} "
-          f"{'nnU-Net ms':>10} {'speed-up':>8}")
+    print(
+        f"{'device':<6} {'patch':<15} {'input':<16} {'default ms':>10} {'none ms':>8} {'all-on ms':>9} "
+        f"{'nnU-Net ms':>10} {'speed-up':>8}"
+    )
     for name, device, patch in cases:
         size = Augmenter(default, patch, has_ignore=True, seed=0).input_size()
-        ms = [time_augmenter(s, patch, device, args.iters) for s in (
-            default, AugmentationSettings.from_preset("none"), replace(default, **EVERYTHING))]
+        ms = [
+            time_augmenter(s, patch, device, args.iters)
+            for s in (default, AugmentationSettings.from_preset("none"), replace(default, **EVERYTHING))
+        ]
         ref = reference_ms(args.reference, patch, args.iters)
         ratio = "n/a" if ref == "n/a" else f"{float(ref) / ms[0]:.1f}x"
-        print(f"{name:<6} {str(list(patch)):<15} {str(list(size)):<16} {ms[0]:>10.1f} {ms[1]:>8.1f} {ms[2]:>9.1f} "
-              f"{ref:>10} {ratio:>8}")
+        print(f"{name:<6} {list(patch)!s:<15} {list(size)!s:<16} {ms[0]:>10.1f} {ms[1]:>8.1f} {ms[2]:>9.1f} {ref:>10} {ratio:>8}")
 
 
 def label_table(args: argparse.Namespace) -> None:
@@ -117,14 +137,19 @@ def label_table(args: argparse.Namespace) -> None:
     image = seg.float()
     angle = math.radians(25)
     params = SpatialParams(
-        rotate=torch.ones(BATCH, dtype=torch.bool), angles=torch.full((BATCH, 3), angle, dtype=torch.float64),
-        scale=torch.ones(BATCH, dtype=torch.bool), scales=torch.full((BATCH, 3), 0.8, dtype=torch.float64),
-        elastic=torch.zeros(BATCH, dtype=torch.bool), displacement=None, mirror=torch.zeros(BATCH, 3, dtype=torch.bool),
+        rotate=torch.ones(BATCH, dtype=torch.bool),
+        angles=torch.full((BATCH, 3), angle, dtype=torch.float64),
+        scale=torch.ones(BATCH, dtype=torch.bool),
+        scales=torch.full((BATCH, 3), 0.8, dtype=torch.float64),
+        elastic=torch.zeros(BATCH, dtype=torch.bool),
+        displacement=None,
+        mirror=torch.zeros(BATCH, 3, dtype=torch.bool),
     )
     out_axes = torch.meshgrid(*[torch.arange(p, dtype=torch.float64) - (p - 1) / 2 for p in patch], indexing="ij")
     offsets = torch.stack(out_axes, -1)
     truth = classes_at(centre + offsets @ params.matrix[0].T)
     print(f"labels: 2 x {list(patch)} from {list(size)}, rotation 25 deg (all axes), scale 0.8")
+
     def spatial_ms(labels: list[torch.Tensor], mode: str) -> tuple[float, list[torch.Tensor]]:
         apply_spatial(image, labels, params, patch, has_ignore=True, label_interpolation=mode)
         start = time.perf_counter()
@@ -137,8 +162,9 @@ def label_table(args: argparse.Namespace) -> None:
     for mode in ("nearest", "linear"):
         ms, (out,) = spatial_ms([seg], mode)
         ms -= image_only
-        dice = [float(2 * ((out[0, 0] == c) & (truth == c)).sum() / ((out[0, 0] == c).sum() + (truth == c).sum()))
-                for c in (1, 2)]
+        dice = [
+            float(2 * ((out[0, 0] == c) & (truth == c)).sum() / ((out[0, 0] == c).sum() + (truth == c).sum())) for c in (1, 2)
+        ]
         print(f"{mode:<8} {ms:>9.1f} {dice[0]:>8.4f} {dice[1]:>8.4f} {sum(dice) / 2:>7.4f}")
 
 

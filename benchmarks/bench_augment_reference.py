@@ -37,8 +37,16 @@ def main() -> None:
     rotation = (-30.0 / 360 * 2 * np.pi, 30.0 / 360 * 2 * np.pi)
     initial = tuple(int(i) for i in get_patch_size(patch, rotation, rotation, rotation, (0.85, 1.25)))
     transforms = nnUNetTrainer.get_training_transforms(
-        patch, rotation, None, (0, 1, 2), False, use_mask_for_norm=None, is_cascaded=False,
-        foreground_labels=[1, 2], regions=None, ignore_label=None,
+        patch,
+        rotation,
+        None,
+        (0, 1, 2),
+        False,
+        use_mask_for_norm=None,
+        is_cascaded=False,
+        foreground_labels=[1, 2],
+        regions=None,
+        ignore_label=None,
     )
     images = [torch.randn(args.channels, *initial) for _ in range(args.batch)]
     segs = [torch.randint(0, 3, (1, *initial), dtype=torch.int16) for _ in range(args.batch)]

@@ -25,6 +25,7 @@ cached in a temp folder keyed by this file and the reference script, so the test
 run.py's dataset: run.py's stage "import" passes its keywords, but only ``work`` and ``refenv`` are
 used. run_ours imports and predicts; run_reference times nnU-Net's own prediction of the same cases.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 VARIANTS = {  # name -> (planner, configuration, region-based dataset)
     "plain": ("ExperimentPlanner", "3d_fullres", False),
@@ -68,8 +69,9 @@ def dataset(regions: bool) -> Path:
     raw = root / "raw" / (f"Dataset{903 if regions else 902}_Import{'Regions' if regions else ''}")
     if not (raw / "dataset.json").is_file():
         demo = make_demo_dataset(root / "demo", regions=regions, **DATASET)
-        common.make_nnunet_raw(demo, root / "raw", dataset_id=903 if regions else 902,
-                               name="ImportRegions" if regions else "Import")
+        common.make_nnunet_raw(
+            demo, root / "raw", dataset_id=903 if regions else 902, name="ImportRegions" if regions else "Import"
+        )
     return raw
 
 
@@ -77,8 +79,9 @@ def ensure_reference(python: str | Path, variant: str, pred_dir: Path | None = N
     """nnU-Net's trained model and predictions for ``variant`` (cached); keys of import_check.py + raw."""
     planner, config, regions = VARIANTS[variant]
     raw = dataset(regions)
-    args = ["model", raw, raw.parent.parent / "work", "--planner", planner, "--config", config,
-            "--iterations", ITERATIONS] + (["--pred-dir", pred_dir] if pred_dir else [])
+    args = ["model", raw, raw.parent.parent / "work", "--planner", planner, "--config", config, "--iterations", ITERATIONS] + (
+        ["--pred-dir", pred_dir] if pred_dir else []
+    )
     return {**common.run_reference_script(python, "import_check.py", *args), "raw": str(raw)}
 
 
@@ -94,11 +97,21 @@ def compare(ours: Path, theirs: Path) -> dict:
         for c in sorted((set(np.unique(a)) | set(np.unique(b))) - {0}):
             both = int((a == c).sum() + (b == c).sum())
             dices.append(2 * int(((a == c) & (b == c)).sum()) / both)
-        fg_ours, fg_theirs, disagree = fg_ours + int((a > 0).sum()), fg_theirs + int((b > 0).sum()), disagree + int((a != b).sum())
+        fg_ours, fg_theirs, disagree = (
+            fg_ours + int((a > 0).sum()),
+            fg_theirs + int((b > 0).sum()),
+            disagree + int((a != b).sum()),
+        )
         with np.load(Path(ours) / f"{case}.npz") as p, np.load(Path(theirs) / f"{case}.npz") as q:
             diff = max(diff, float(np.abs(p["probabilities"].astype(np.float32) - q["probabilities"]).max()))
-    return {"dice_vs_nnunet": min(dices) if dices else math.nan, "max_prob_diff": diff, "fg_voxels_ours": fg_ours,
-            "fg_voxels_nnunet": fg_theirs, "voxels_disagreeing": disagree, "cases": len(cases)}
+    return {
+        "dice_vs_nnunet": min(dices) if dices else math.nan,
+        "max_prob_diff": diff,
+        "fg_voxels_ours": fg_ours,
+        "fg_voxels_nnunet": fg_theirs,
+        "voxels_disagreeing": disagree,
+        "cases": len(cases),
+    }
 
 
 def import_and_predict(model_dir: Path, images: Path, out: Path) -> float:
@@ -130,10 +143,12 @@ def run_ours(*, work: Path, refenv: Path = common.DEFAULT_REFENV, **kw) -> dict:
         out = Path(work) / "import" / variant
         seconds = import_and_predict(Path(ref["model_dir"]), Path(ref["raw"]) / "imagesTs", out)
         rows[variant] = {**compare(out, Path(ref["pred_dir"])), "s_per_case": seconds / ref["cases"]}
-    return {"dice_vs_nnunet": min(r["dice_vs_nnunet"] for r in rows.values()),
-            "max_prob_diff": max(r["max_prob_diff"] for r in rows.values()),
-            "s_per_case": float(np.mean([r["s_per_case"] for r in rows.values()])),
-            "variants": json.dumps(rows)}
+    return {
+        "dice_vs_nnunet": min(r["dice_vs_nnunet"] for r in rows.values()),
+        "max_prob_diff": max(r["max_prob_diff"] for r in rows.values()),
+        "s_per_case": float(np.mean([r["s_per_case"] for r in rows.values()])),
+        "variants": json.dumps(rows),
+    }
 
 
 def run_reference(python, *, work: Path, **kw) -> dict:
@@ -160,8 +175,10 @@ def main() -> None:
     print("| variant | dice_vs_nnunet (min) | max_prob_diff | fg voxels ours / nnU-Net | disagreeing voxels |")
     print("|---|---|---|---|---|")
     for name, r in json.loads(ours["variants"]).items():
-        print(f"| {name} | {r['dice_vs_nnunet']:.4f} | {r['max_prob_diff']:.2e} | {r['fg_voxels_ours']} / "
-              f"{r['fg_voxels_nnunet']} | {r['voxels_disagreeing']} |")
+        print(
+            f"| {name} | {r['dice_vs_nnunet']:.4f} | {r['max_prob_diff']:.2e} | {r['fg_voxels_ours']} / "
+            f"{r['fg_voxels_nnunet']} | {r['voxels_disagreeing']} |"
+        )
     print(f"\ns per case: voxseg {ours['s_per_case']:.2f}, nnU-Net {theirs['s_per_case']:.2f} (CPU, TTA on)")
 
 

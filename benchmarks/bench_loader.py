@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Row, format_table, header, reference_python, run_reference_script  # noqa: E402
+from common import Row, format_table, header, reference_python, run_reference_script
 
-from voxseg.preprocessing.store import Store, write_case  # noqa: E402
-from voxseg.sampling.case_sampler import CaseSampler  # noqa: E402
-from voxseg.sampling.config import SamplingSettings  # noqa: E402
-from voxseg.sampling.loader import PatchLoader  # noqa: E402
+from voxseg.preprocessing.store import Store, write_case
+from voxseg.sampling.case_sampler import CaseSampler
+from voxseg.sampling.config import SamplingSettings
+from voxseg.sampling.loader import PatchLoader
 
 SYNTHETIC_SHAPE = (160, 224, 224)
 
@@ -88,8 +88,9 @@ def _time(loader: PatchLoader, batches: int, warmup: int) -> float:
     return batches * loader.batch_size / (time.perf_counter() - start)
 
 
-def run_ours(work: Path | None = None, patch=(72, 80, 80), batch: int = 2, workers: int = 2,
-             iterations: int = 60, quick: bool = False, **_) -> dict:
+def run_ours(
+    work: Path | None = None, patch=(72, 80, 80), batch: int = 2, workers: int = 2, iterations: int = 60, quick: bool = False, **_
+) -> dict:
     work = Path(work) if work else Path(tempfile.mkdtemp(prefix="bench_loader_"))
     patch = tuple(patch)
     batches = 15 if quick else iterations
@@ -99,8 +100,17 @@ def run_ours(work: Path | None = None, patch=(72, 80, 80), batch: int = 2, worke
 
     def make(augment: bool) -> PatchLoader:
         sampler = CaseSampler(store.case_ids())
-        return PatchLoader(store, sampler, patch_size=patch, input_size=input_size, batch_size=batch,
-                           settings=settings, seed=0, pin_memory=False, augmenter=augmenter if augment else None)
+        return PatchLoader(
+            store,
+            sampler,
+            patch_size=patch,
+            input_size=input_size,
+            batch_size=batch,
+            settings=settings,
+            seed=0,
+            pin_memory=False,
+            augmenter=augmenter if augment else None,
+        )
 
     with make(False) as loader:
         crop = _time(loader, batches, warmup=5)
@@ -111,14 +121,33 @@ def run_ours(work: Path | None = None, patch=(72, 80, 80), batch: int = 2, worke
     return {"patches_per_s_crop": crop, "patches_per_s": augmented, "input_size": "x".join(map(str, input_size))}
 
 
-def run_reference(python, raw: Path | None = None, work: Path | None = None, patch=(72, 80, 80),
-                  batch: int = 2, workers: int = 2, iterations: int = 60, quick: bool = False, **_) -> dict:
+def run_reference(
+    python,
+    raw: Path | None = None,
+    work: Path | None = None,
+    patch=(72, 80, 80),
+    batch: int = 2,
+    workers: int = 2,
+    iterations: int = 60,
+    quick: bool = False,
+    **_,
+) -> dict:
     work = Path(work) if work else Path(tempfile.mkdtemp(prefix="bench_loader_ref_"))
     if raw is None:
         raw = _demo_raw(work)
     result = run_reference_script(
-        python, "loader.py", raw, work, "--patch", *patch, "--batch", batch, "--workers", workers,
-        "--batches", 15 if quick else iterations,
+        python,
+        "loader.py",
+        raw,
+        work,
+        "--patch",
+        *patch,
+        "--batch",
+        batch,
+        "--workers",
+        workers,
+        "--batches",
+        15 if quick else iterations,
     )
     # nnU-Net's loader output is already augmented to the final patch: no enlarged input to report.
     return {"patches_per_s_crop": None, "patches_per_s": result["patches_per_s"], "input_size": None}
@@ -150,12 +179,16 @@ def main() -> None:
     theirs = {}
     if a.reference is not None and Path(a.reference).exists():
         theirs = run_reference(a.reference, raw=a.raw, **{**kw, "work": work / "nnunet"})
-    rows = [Row("loader", key, ours.get(key), theirs.get(key, "n/a")) for key in ("patches_per_s_crop", "patches_per_s", "input_size")]
+    rows = [
+        Row("loader", key, ours.get(key), theirs.get(key, "n/a")) for key in ("patches_per_s_crop", "patches_per_s", "input_size")
+    ]
     print(format_table(rows, header("cpu", a.reference if theirs else None)))
     ref = theirs.get("patches_per_s")
     if ref:
-        print(f"\ncrop + collate vs nnU-Net's full pipeline: {ours['patches_per_s_crop'] / ref:.1f}x (goal 10x); "
-              f"with CPU augmentation: {(ours['patches_per_s'] or 0) / ref:.1f}x (goal 2x)")
+        print(
+            f"\ncrop + collate vs nnU-Net's full pipeline: {ours['patches_per_s_crop'] / ref:.1f}x (goal 10x); "
+            f"with CPU augmentation: {(ours['patches_per_s'] or 0) / ref:.1f}x (goal 2x)"
+        )
 
 
 if __name__ == "__main__":

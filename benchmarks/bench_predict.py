@@ -17,6 +17,7 @@ predictors agree, not how good a trained model is.
 
 Peak RSS: the largest single process of the command (ours is one process with threads).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,13 +27,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_train  # noqa: E402
-import common  # noqa: E402
+import bench_train
+import common
 
 # `voxseg predict` as the console script runs it, plus the command's peak RSS on the last line.
-_CHILD = ("import json, resource, sys; from voxseg.cli.main import main; rc = main(sys.argv[1:]); "
-          "rss = max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)); "
-          "print(json.dumps({'rc': rc, 'peak_rss_mb': rss / 1024})); sys.exit(rc)")
+_CHILD = (
+    "import json, resource, sys; from voxseg.cli.main import main; rc = main(sys.argv[1:]); "
+    "rss = max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)); "
+    "print(json.dumps({'rc': rc, 'peak_rss_mb': rss / 1024})); sys.exit(rc)"
+)
 
 
 def held_out_cases(raw: Path) -> int:
@@ -62,15 +65,20 @@ def run_ours(*, raw: Path, work: Path, device: str = "cpu", **kw) -> dict:
     cases = held_out_cases(raw)
     tta_s, tta_rss = predict_command(model, raw / "imagesTs", work / "pred_tta", device, tta=True)
     plain_s, plain_rss = predict_command(model, raw / "imagesTs", work / "pred_no_tta", device, tta=False)
-    return {"s_per_case_tta": tta_s / cases, "s_per_case_no_tta": plain_s / cases,
-            "peak_rss_mb": max(tta_rss, plain_rss), "pred_dir": str(work / "pred_tta"),
-            "model": f"{model} ({'trained now' if trained_now else 'from the train stage'})"}
+    return {
+        "s_per_case_tta": tta_s / cases,
+        "s_per_case_no_tta": plain_s / cases,
+        "peak_rss_mb": max(tta_rss, plain_rss),
+        "pred_dir": str(work / "pred_tta"),
+        "model": f"{model} ({'trained now' if trained_now else 'from the train stage'})",
+    }
 
 
 def reference_model_dir(raw: Path, work: Path) -> Path:
     """Where benchmarks/reference/train.py leaves nnU-Net's fold "all"."""
-    return (Path(work).resolve() / "nnUNet_results" / Path(raw).name
-            / "nnUNetTrainerBench__nnUNetBenchPlans__3d_fullres" / "fold_all")
+    return (
+        Path(work).resolve() / "nnUNet_results" / Path(raw).name / "nnUNetTrainerBench__nnUNetBenchPlans__3d_fullres" / "fold_all"
+    )
 
 
 def run_reference(python, *, raw: Path, work: Path, timeout: float | None = None, **kw) -> dict:
@@ -80,8 +88,10 @@ def run_reference(python, *, raw: Path, work: Path, timeout: float | None = None
     if trained_now:
         bench_train.run_reference(python, raw=raw, work=work, timeout=timeout, **kw)
     result = common.run_nnunet("predict", python, raw=raw, work=work, timeout=timeout, **kw)
-    return {**{k: result.get(k) for k in ("s_per_case_tta", "s_per_case_no_tta", "peak_rss_mb", "pred_dir")},
-            "model": f"{model} ({'trained now' if trained_now else 'from the train stage'})"}
+    return {
+        **{k: result.get(k) for k in ("s_per_case_tta", "s_per_case_no_tta", "peak_rss_mb", "pred_dir")},
+        "model": f"{model} ({'trained now' if trained_now else 'from the train stage'})",
+    }
 
 
 def main() -> None:
@@ -97,11 +107,15 @@ def main() -> None:
         side.update(common.score_predictions(Path(side["pred_dir"]), raw))
     theirs = sides.get("theirs", {})
     info = common.header(a.device, python)
-    info["run"] = (f"{held_out_cases(raw)} held-out cases {prof.size_range}; models: patch {list(kw['patch'])} "
-                   f"batch {kw['batch']}, {kw['warmup']}+{kw['iterations']} training steps, one plan (see bench_train.py)")
+    info["run"] = (
+        f"{held_out_cases(raw)} held-out cases {prof.size_range}; models: patch {list(kw['patch'])} "
+        f"batch {kw['batch']}, {kw['warmup']}+{kw['iterations']} training steps, one plan (see bench_train.py)"
+    )
     info["load average (1/5/15 min)"] = f"{load_before} before, {bench_train.load_average()} after"
-    rows = [common.Row("predict", m, sides["ours"].get(m), theirs.get(m, "n/a (no refenv)") if theirs else "n/a (no refenv)")
-            for m in common.METRICS["predict"]]
+    rows = [
+        common.Row("predict", m, sides["ours"].get(m), theirs.get(m, "n/a (no refenv)") if theirs else "n/a (no refenv)")
+        for m in common.METRICS["predict"]
+    ]
     print(common.format_table(rows, info))
     print(f"\nmodel, ours: {sides['ours']['model']}\nmodel, nnU-Net: {theirs.get('model', 'n/a')}")
 

@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (benchmarks/ is not a package)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+import common
 
 # Run in a child interpreter so start-up and imports count, as they do for nnU-Net's command.
 _CHILD = """
@@ -43,8 +43,9 @@ def run_ours(*, raw: Path, work: Path, workers: int = 2, **_) -> dict:
         shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(raw), str(work), str(workers)],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(raw), str(work), str(workers)], capture_output=True, text=True, check=True
+    )
     wall = time.perf_counter() - start
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     return {"wall_s": wall, "peak_rss_mb": result["peak_rss_mb"]}

@@ -74,8 +74,12 @@ def blosc2_side(folder: Path, n: int) -> dict:
     reads = _time_reads(opener, n)
     t = time.perf_counter()
     opener()[0][:]
-    return {"format": f"blosc2 {blosc2.__version__} LZ4HC", "disk_mb": size / 1e6, **reads,
-            "full_read_ms": 1e3 * (time.perf_counter() - t)}
+    return {
+        "format": f"blosc2 {blosc2.__version__} LZ4HC",
+        "disk_mb": size / 1e6,
+        **reads,
+        "full_read_ms": 1e3 * (time.perf_counter() - t),
+    }
 
 
 def main() -> None:
@@ -92,15 +96,23 @@ def main() -> None:
         image, seg = _case(np.random.default_rng(0))
         rows = [npy_side(folder, image, seg, args.reads)]
         if args.blosc2_python:
-            proc = subprocess.run([str(args.blosc2_python), __file__, "--blosc2-only", str(folder), "--reads", str(args.reads)],
-                                  capture_output=True, text=True)
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0
-                        else {"format": "blosc2 (failed: " + proc.stderr.strip().splitlines()[-1][:60] + ")"})
+            proc = subprocess.run(
+                [str(args.blosc2_python), __file__, "--blosc2-only", str(folder), "--reads", str(args.reads)],
+                capture_output=True,
+                text=True,
+            )
+            rows.append(
+                json.loads(proc.stdout.strip().splitlines()[-1])
+                if proc.returncode == 0
+                else {"format": "blosc2 (failed: " + proc.stderr.strip().splitlines()[-1][:60] + ")"}
+            )
     print(f"case {list(SHAPE)} float32 + int8 label, {args.reads} random {list(PATCH)} patch reads (image + label)")
     print(f"{'format':<24} {'disk MB':>8} {'median ms':>10} {'p95 ms':>8} {'full read ms':>13}")
     for r in rows:
-        print(f"{r['format']:<24} {r.get('disk_mb', float('nan')):8.1f} {r.get('median_ms', float('nan')):10.2f} "
-              f"{r.get('p95_ms', float('nan')):8.2f} {r.get('full_read_ms', float('nan')):13.1f}")
+        print(
+            f"{r['format']:<24} {r.get('disk_mb', float('nan')):8.1f} {r.get('median_ms', float('nan')):10.2f} "
+            f"{r.get('p95_ms', float('nan')):8.2f} {r.get('full_read_ms', float('nan')):13.1f}"
+        )
 
 
 if __name__ == "__main__":

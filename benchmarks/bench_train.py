@@ -23,6 +23,7 @@ Standalone it builds its own demo dataset; --quick on CPU (6 cases, patch 32x64x
 iterations) takes about 2 minutes for both sides on 2 cores, preprocessing included. Also imported by benchmarks/run.py and by
 bench_predict.py (which reuses the model trained here).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,10 +34,10 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (benchmarks/ is not a package)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+import common
 
-from voxseg.training.trainer import Trainer  # noqa: E402
+from voxseg.training.trainer import Trainer
 
 CONFIG = "3d_fullres"
 RUN_NAME = "bench"
@@ -44,14 +45,20 @@ RUN_NAME = "bench"
 # check must not reject it (the plan's memory estimate is not used here).
 FORCED_PLAN_BUDGET_GB = 1024.0
 # nnU-Net's PlainConvUNet arch_kwargs <- our plan's network keys.
-_ARCH_KEYS = {"features_per_stage": "features", "kernel_sizes": "kernel_sizes", "strides": "strides",
-              "n_conv_per_stage": "n_conv_per_stage", "n_conv_per_stage_decoder": "n_conv_per_stage_decoder"}
+_ARCH_KEYS = {
+    "features_per_stage": "features",
+    "kernel_sizes": "kernel_sizes",
+    "strides": "strides",
+    "n_conv_per_stage": "n_conv_per_stage",
+    "n_conv_per_stage_decoder": "n_conv_per_stage_decoder",
+}
 
 
 class Profile(NamedTuple):
     """Standalone sizes (run.py passes its own). A NamedTuple, not a dataclass: voxseg's
     ``load_trainer`` executes this file without registering it in sys.modules, which dataclasses
     need under postponed annotations."""
+
     cases: int
     test_cases: int
     size_range: tuple[int, int]
@@ -92,6 +99,7 @@ class BenchTrainer(Trainer):
     def on_epoch_end(self, epoch, logs):
         super().on_epoch_end(epoch, logs)
         import torch
+
         from voxseg.io_utils import atomic_write_json
 
         gpu = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
@@ -121,16 +129,21 @@ def forced_plan(raw: Path, work: Path, patch, batch: int, workers: int) -> dict:
     """voxseg's plan with the benchmark's patch and batch forced, saved in ``work``; its key facts."""
     from voxseg.planning.planner import PlannerOptions, plan_and_save
 
-    options = PlannerOptions(gpu_memory_gb=FORCED_PLAN_BUDGET_GB, configs=(CONFIG,),
-                             patch_size=tuple(patch), batch_size=batch)
+    options = PlannerOptions(gpu_memory_gb=FORCED_PLAN_BUDGET_GB, configs=(CONFIG,), patch_size=tuple(patch), batch_size=batch)
     plan = plan_and_save(raw, work, options, workers=workers, progress=False)
     cfg = plan.configuration(CONFIG)
-    return {"spacing": cfg.spacing, "transpose": plan.transpose_forward, "network": cfg.network,
-            "patch": cfg.patch_size, "batch": cfg.batch_size}
+    return {
+        "spacing": cfg.spacing,
+        "transpose": plan.transpose_forward,
+        "network": cfg.network,
+        "patch": cfg.patch_size,
+        "batch": cfg.batch_size,
+    }
 
 
-def train_in_this_process(work: str, device: str, workers: int, iterations: int, warmup: int,
-                          overrides: list[str] | tuple[str, ...] = ()) -> dict:
+def train_in_this_process(
+    work: str, device: str, workers: int, iterations: int, warmup: int, overrides: list[str] | tuple[str, ...] = ()
+) -> dict:
     """One epoch of warmup + iterations steps with BenchTrainer; what the child prints.
 
     ``overrides``: extra ``--set`` settings (e.g. ``training.compile=off``), applied last.
@@ -141,24 +154,45 @@ def train_in_this_process(work: str, device: str, workers: int, iterations: int,
     from voxseg.training.run import train
     from voxseg.training.settings import load_settings
 
-    settings = load_settings(None, [
-        "training.epochs=1", f"training.iterations_per_epoch={warmup + iterations}",
-        "training.val_iterations=0", "training.final_validation=false", f"sampling.workers={workers}",
-        *overrides,
-    ])
+    settings = load_settings(
+        None,
+        [
+            "training.epochs=1",
+            f"training.iterations_per_epoch={warmup + iterations}",
+            "training.val_iterations=0",
+            "training.final_validation=false",
+            f"sampling.workers={workers}",
+            *overrides,
+        ],
+    )
     # A file spec (not the class) so the checkpoint names a trainer a later `voxseg predict` can load.
-    fold = train(work, CONFIG, "all", settings, trainer=f"{Path(__file__).resolve()}:BenchTrainer",
-                 device=device, name=RUN_NAME)
+    fold = train(work, CONFIG, "all", settings, trainer=f"{Path(__file__).resolve()}:BenchTrainer", device=device, name=RUN_NAME)
     stats = json.loads((fold / "bench_stats.json").read_text())
     ms, wait = timed_window(stats["steps"], warmup, read_log(fold / "log.jsonl")[-1])
     rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     gpu = stats["peak_gpu_bytes"]
-    return {"ms_per_it": ms, "data_wait_share": wait, "peak_rss_mb": rss / 1024,
-            "peak_gpu_mb": gpu / 2**20 if gpu is not None else None, "model_dir": str(fold)}
+    return {
+        "ms_per_it": ms,
+        "data_wait_share": wait,
+        "peak_rss_mb": rss / 1024,
+        "peak_gpu_mb": gpu / 2**20 if gpu is not None else None,
+        "model_dir": str(fold),
+    }
 
 
-def run_ours(*, raw: Path, work: Path, device: str = "cpu", workers: int = 2, patch=(72, 80, 80),
-             batch: int = 2, iterations: int = 20, warmup: int = 2, overrides: tuple[str, ...] = (), **_) -> dict:
+def run_ours(
+    *,
+    raw: Path,
+    work: Path,
+    device: str = "cpu",
+    workers: int = 2,
+    patch=(72, 80, 80),
+    batch: int = 2,
+    iterations: int = 20,
+    warmup: int = 2,
+    overrides: tuple[str, ...] = (),
+    **_,
+) -> dict:
     from voxseg.preprocessing.preprocess import preprocess_dataset
 
     work = Path(work)
@@ -166,12 +200,20 @@ def run_ours(*, raw: Path, work: Path, device: str = "cpu", workers: int = 2, pa
     # the stored arrays, so preprocess_dataset only fills in what is missing.
     plan = forced_plan(Path(raw), work, patch, batch, workers)
     preprocess_dataset(work, [CONFIG], workers=workers, progress=False)
-    args = {"work": str(work), "device": device, "workers": workers, "iterations": iterations, "warmup": warmup,
-            "overrides": list(overrides)}
+    args = {
+        "work": str(work),
+        "device": device,
+        "workers": workers,
+        "iterations": iterations,
+        "warmup": warmup,
+        "overrides": list(overrides),
+    }
     result = common.call_in_child("bench_train", "train_in_this_process", args, "voxseg benchmark training")
     net = plan["network"]
-    result["plan"] = (f"voxseg's: patch {'x'.join(map(str, plan['patch']))}, batch {plan['batch']}, "
-                      f"{len(net['features'])} stages {net['features']}")
+    result["plan"] = (
+        f"voxseg's: patch {'x'.join(map(str, plan['patch']))}, batch {plan['batch']}, "
+        f"{len(net['features'])} stages {net['features']}"
+    )
     return result
 
 
@@ -183,10 +225,13 @@ def force_topology(raw: Path, work: Path, ours: dict) -> str:
     net, theirs = ours["network"], cfg["architecture"]["network_class_name"]
     if net.get("architecture", "plain_unet") != "plain_unet" or not theirs.endswith("PlainConvUNet"):
         raise RuntimeError(f"cannot force {net.get('architecture')} onto {theirs}: only plain U-Nets map")
-    if [round(s, 4) for s in cfg["spacing"]] != [round(s, 4) for s in ours["spacing"]] or \
-            list(plans["transpose_forward"]) != list(ours["transpose"]):
-        raise RuntimeError(f"spacing/transpose differ (nnU-Net {cfg['spacing']} {plans['transpose_forward']}, "
-                           f"voxseg {ours['spacing']} {ours['transpose']}): the same topology would mean a different network")
+    if [round(s, 4) for s in cfg["spacing"]] != [round(s, 4) for s in ours["spacing"]] or list(
+        plans["transpose_forward"]
+    ) != list(ours["transpose"]):
+        raise RuntimeError(
+            f"spacing/transpose differ (nnU-Net {cfg['spacing']} {plans['transpose_forward']}, "
+            f"voxseg {ours['spacing']} {ours['transpose']}): the same topology would mean a different network"
+        )
     arch = cfg["architecture"]["arch_kwargs"]
     wanted = {name: [list(v) if isinstance(v, (list, tuple)) else v for v in net[key]] for name, key in _ARCH_KEYS.items()}
     changed = sorted(k for k, v in wanted.items() if arch.get(k) != v)
@@ -195,8 +240,20 @@ def force_topology(raw: Path, work: Path, ours: dict) -> str:
     return "voxseg's topology forced (" + (f"changed {', '.join(changed)})" if changed else "identical to nnU-Net's own)")
 
 
-def run_reference(python, *, raw: Path, work: Path, device: str = "cpu", workers: int = 2, patch=(72, 80, 80),
-                  batch: int = 2, iterations: int = 20, warmup: int = 2, timeout: float | None = None, **_) -> dict:
+def run_reference(
+    python,
+    *,
+    raw: Path,
+    work: Path,
+    device: str = "cpu",
+    workers: int = 2,
+    patch=(72, 80, 80),
+    batch: int = 2,
+    iterations: int = 20,
+    warmup: int = 2,
+    timeout: float | None = None,
+    **_,
+) -> dict:
     work = Path(work)
     kw = dict(raw=Path(raw), work=work, device=device, workers=workers, patch=tuple(patch), batch=batch)
     if not (work / "nnUNet_preprocessed" / Path(raw).name / "nnUNetPlans.json").is_file():
@@ -205,8 +262,11 @@ def run_reference(python, *, raw: Path, work: Path, device: str = "cpu", workers
     # Our plan only (no store) in a side folder: the topology to force, independent of our work.
     note = force_topology(Path(raw), work, forced_plan(Path(raw), work / "voxseg_plan", patch, batch, workers))
     result = common.run_nnunet("train", python, **kw, iterations=iterations, warmup=warmup, timeout=timeout)
-    return {**{k: result.get(k) for k in common.METRICS["train"]}, "model_dir": result["model_dir"],
-            "plan": f"{note}: patch {'x'.join(map(str, patch))}, batch {batch}"}
+    return {
+        **{k: result.get(k) for k in common.METRICS["train"]},
+        "model_dir": result["model_dir"],
+        "plan": f"{note}: patch {'x'.join(map(str, patch))}, batch {batch}",
+    }
 
 
 def standalone_dataset(device: str, quick: bool, out: Path) -> tuple[Path, Profile, Path]:
@@ -246,9 +306,16 @@ def standalone_args(description: str) -> argparse.Namespace:
 def standalone_keywords(a: argparse.Namespace) -> tuple[dict, Path, Profile]:
     """run.py's keywords for a standalone run (profile defaults, command-line overrides)."""
     raw, prof, root = standalone_dataset(a.device, a.quick, a.out)
-    kw = {"raw": raw, "device": a.device, "workers": a.workers, "patch": tuple(a.patch or prof.patch),
-          "batch": a.batch or prof.batch, "iterations": a.iterations or prof.iterations,
-          "warmup": prof.warmup if a.warmup is None else a.warmup, "quick": a.quick}
+    kw = {
+        "raw": raw,
+        "device": a.device,
+        "workers": a.workers,
+        "patch": tuple(a.patch or prof.patch),
+        "batch": a.batch or prof.batch,
+        "iterations": a.iterations or prof.iterations,
+        "warmup": prof.warmup if a.warmup is None else a.warmup,
+        "quick": a.quick,
+    }
     return kw, root, prof
 
 
@@ -260,11 +327,16 @@ def main() -> None:
     ours = run_ours(**kw, work=root / "ours")
     theirs = run_reference(python, **kw, work=root / "nnunet") if python else {}
     info = common.header(a.device, python)
-    info["run"] = (f"{prof.cases} cases {prof.size_range}, patch {list(kw['patch'])} batch {kw['batch']}, "
-                   f"{kw['workers']} loader workers each, {kw['warmup']} warm-up + {kw['iterations']} timed iterations")
+    info["run"] = (
+        f"{prof.cases} cases {prof.size_range}, patch {list(kw['patch'])} batch {kw['batch']}, "
+        f"{kw['workers']} loader workers each, {kw['warmup']} warm-up + {kw['iterations']} timed iterations"
+    )
     info["load average (1/5/15 min)"] = f"{load_before} before, {load_average()} after"
-    rows = [common.Row("train", m, ours.get(m), theirs.get(m) if theirs else "n/a (no refenv)")
-            for m in common.METRICS["train"] if ours.get(m) is not None or (theirs or {}).get(m) is not None]
+    rows = [
+        common.Row("train", m, ours.get(m), theirs.get(m) if theirs else "n/a (no refenv)")
+        for m in common.METRICS["train"]
+        if ours.get(m) is not None or (theirs or {}).get(m) is not None
+    ]
     print(common.format_table(rows, info))
     print(f"\nplan, ours: {ours['plan']}\nplan, nnU-Net: {theirs.get('plan', 'n/a')}")
 

@@ -55,9 +55,12 @@ def train_steps(network: dict, patch, batch: int, classes: int, device: torch.de
     loss_fn = DeepSupervisionLoss(DiceCELoss(batch_dice=True), deep_supervision_weights(len(scales)))
     x = torch.randn(batch, 1, *patch, device=device)
     seg = torch.randint(0, classes, (batch, 1, *patch), device=device)
-    targets = [seg if s[0] == 1 and len(set(s)) == 1 else
-               F.interpolate(seg.float(), size=[round(p * f) for p, f in zip(patch, s)], mode="nearest").long()
-               for s in scales]
+    targets = [
+        seg
+        if s[0] == 1 and len(set(s)) == 1
+        else F.interpolate(seg.float(), size=[round(p * f) for p, f in zip(patch, s)], mode="nearest").long()
+        for s in scales
+    ]
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -82,21 +85,27 @@ def child(spec: str) -> None:
 
 def model_terms(network, patch, batch, classes, precision) -> tuple[float, float]:
     """(activation-type bytes, fixed bytes) of the model at scale 1 and constant 0."""
-    est = estimate_training_memory(network, patch, batch, 1, classes, precision_bytes=precision,
-                                   coefficients=MemoryCoefficients(1.0, 0.0))
+    est = estimate_training_memory(
+        network, patch, batch, 1, classes, precision_bytes=precision, coefficients=MemoryCoefficients(1.0, 0.0)
+    )
     return est.total_bytes - est.breakdown["parameter_state"], est.breakdown["parameter_state"]
 
 
 def calibrate_cpu() -> None:
     rows = []
     for spacing, patch, batch, classes in CPU_CASES:
-        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps([spacing, patch, batch, classes])],
-                              capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", json.dumps([spacing, patch, batch, classes])],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         measured = json.loads(proc.stdout.strip().splitlines()[-1])["measured"]
         network = network_dict(pooling_topology(spacing, patch))
         act, fixed = model_terms(network, patch, batch, classes, precision=4)
-        rows.append({"patch": list(patch), "batch": batch, "classes": classes, "measured": measured,
-                     "activations": act, "fixed": fixed})
+        rows.append(
+            {"patch": list(patch), "batch": batch, "classes": classes, "measured": measured, "activations": act, "fixed": fixed}
+        )
     a = np.array([[r["activations"], 1.0] for r in rows])
     y = np.array([r["measured"] - r["fixed"] for r in rows])
     (scale, const), *_ = np.linalg.lstsq(a, y, rcond=None)
@@ -105,14 +114,27 @@ def calibrate_cpu() -> None:
     for r in rows:
         pred = scale * r["activations"] + r["fixed"] + const
         r["predicted"] = pred
-        print(f"{str(r['patch']):>16} {r['batch']:>5} {r['classes']:>2} {r['measured'] / 1e6:12.1f} {pred / 1e6:13.1f} {r['measured'] / pred:6.2f}")
+        print(
+            f"{r['patch']!s:>16} {r['batch']:>5} {r['classes']:>2} {r['measured'] / 1e6:12.1f} {pred / 1e6:13.1f} {r['measured'] / pred:6.2f}"
+        )
     OUT.mkdir(exist_ok=True)
-    (OUT / "cpu.json").write_text(json.dumps({"device": "cpu", "precision": "fp32", "activation_scale": scale,
-                                              "constant_bytes": const, "rows": rows}, indent=2) + "\n")
+    (OUT / "cpu.json").write_text(
+        json.dumps(
+            {"device": "cpu", "precision": "fp32", "activation_scale": scale, "constant_bytes": const, "rows": rows}, indent=2
+        )
+        + "\n"
+    )
 
 
-def budget_rows(budgets: list[float], device: torch.device, *, spacing=CT_SPACING, median_shape=CT_MEDIAN_SHAPE,
-                classes: int = 3, steps: int = 3) -> list[dict]:
+def budget_rows(
+    budgets: list[float],
+    device: torch.device,
+    *,
+    spacing=CT_SPACING,
+    median_shape=CT_MEDIAN_SHAPE,
+    classes: int = 3,
+    steps: int = 3,
+) -> list[dict]:
     """Plan a problem (100 cases of ``median_shape``) at each budget in GB and run ``steps`` training
     steps of the planned network and batch; predicted vs measured peak bytes per budget.
 
@@ -126,8 +148,9 @@ def budget_rows(budgets: list[float], device: torch.device, *, spacing=CT_SPACIN
     cuda = device.type == "cuda"
     rows = []
     for gb in budgets:
-        pb = _Problem(tuple(spacing), tuple(median_shape), math.prod(median_shape) * 100.0, 1, classes,
-                      PlannerOptions(gpu_memory_gb=gb))
+        pb = _Problem(
+            tuple(spacing), tuple(median_shape), math.prod(median_shape) * 100.0, 1, classes, PlannerOptions(gpu_memory_gb=gb)
+        )
         cfg = plan_configuration(pb, len(median_shape), batch_dice=True)
         if cuda:
             torch.cuda.empty_cache()
@@ -135,8 +158,17 @@ def budget_rows(budgets: list[float], device: torch.device, *, spacing=CT_SPACIN
         train_steps(cfg.network, cfg.patch_size, cfg.batch_size, classes, device, steps)
         measured = torch.cuda.max_memory_allocated(device) if cuda else None
         act, fixed = model_terms(cfg.network, cfg.patch_size, cfg.batch_size, classes, precision=2)
-        rows.append({"budget_gb": gb, "patch": cfg.patch_size, "batch": cfg.batch_size,
-                     "predicted": cfg.memory["estimate_bytes"], "measured": measured, "activations": act, "fixed": fixed})
+        rows.append(
+            {
+                "budget_gb": gb,
+                "patch": cfg.patch_size,
+                "batch": cfg.batch_size,
+                "predicted": cfg.memory["estimate_bytes"],
+                "measured": measured,
+                "activations": act,
+                "fixed": fixed,
+            }
+        )
     return rows
 
 
@@ -153,13 +185,26 @@ def check_gpu(budgets: list[float]) -> None:
     print(f"{'budget GB':>9} {'patch':>16} {'batch':>5} {'predicted GB':>12} {'measured GB':>11} {'meas/budget':>11}")
     for r in rows:
         gb, measured = r["budget_gb"], r["measured"]
-        print(f"{gb:9g} {str(r['patch']):>16} {r['batch']:5d} {r['predicted'] / 1e9:12.2f} "
-              f"{measured / 1e9:11.2f} {measured / (gb * 1e9):11.2f}")
+        print(
+            f"{gb:9g} {r['patch']!s:>16} {r['batch']:5d} {r['predicted'] / 1e9:12.2f} "
+            f"{measured / 1e9:11.2f} {measured / (gb * 1e9):11.2f}"
+        )
     scale, const = refit(rows)
     print(f"refit on these rows: activation_scale={scale:.3f} constant_bytes={const / 1e6:.0f} MB")
     OUT.mkdir(exist_ok=True)
-    (OUT / "gpu.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "precision": "bf16",
-                                              "activation_scale": scale, "constant_bytes": const, "rows": rows}, indent=2) + "\n")
+    (OUT / "gpu.json").write_text(
+        json.dumps(
+            {
+                "device": torch.cuda.get_device_name(),
+                "precision": "bf16",
+                "activation_scale": scale,
+                "constant_bytes": const,
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def main() -> None:

@@ -47,6 +47,7 @@ scripts go through :func:`run_reference_script`, which returns the ONE JSON line
 Those scripts point nnU-Net's folder variables (nnUNet_raw, nnUNet_preprocessed, nnUNet_results)
 into ``work`` themselves, so nothing here or in a user's shell is changed globally.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -57,10 +58,9 @@ import re
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
 
 BENCH_DIR = Path(__file__).resolve().parent
 REFERENCE_DIR = BENCH_DIR / "reference"
@@ -84,8 +84,9 @@ def reference_python(venv: Path = DEFAULT_REFENV) -> Path | None:
     return py if py.exists() else None
 
 
-def run_reference_script(python: str | Path, script: str, *args: object,
-                         timeout: float | None = None, env: dict[str, str] | None = None) -> dict:
+def run_reference_script(
+    python: str | Path, script: str, *args: object, timeout: float | None = None, env: dict[str, str] | None = None
+) -> dict:
     """Run ``benchmarks/reference/<script>`` with the reference python; return its JSON line.
 
     The script's last stdout line that parses as a JSON object is the result; on failure the
@@ -93,8 +94,7 @@ def run_reference_script(python: str | Path, script: str, *args: object,
     in another interpreter.
     """
     cmd = [str(python), str(REFERENCE_DIR / script), *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
     for line in reversed(proc.stdout.splitlines()):
         line = line.strip()
         if proc.returncode == 0 and line.startswith("{"):
@@ -128,16 +128,30 @@ def run_child(cmd: list[str], what: str) -> str:
 def call_in_child(module: str, function: str, kwargs: dict, what: str) -> dict:
     """``benchmarks/<module>.py``'s ``function(**kwargs)`` in a fresh interpreter (so its peak RSS
     and torch state are its own); the JSON-able dict it returns."""
-    code = ("import importlib, json, sys; sys.path.insert(0, sys.argv[1]); "
-            "fn = getattr(importlib.import_module(sys.argv[2]), sys.argv[3]); "
-            "print(json.dumps(fn(**json.loads(sys.argv[4]))))")
+    code = (
+        "import importlib, json, sys; sys.path.insert(0, sys.argv[1]); "
+        "fn = getattr(importlib.import_module(sys.argv[2]), sys.argv[3]); "
+        "print(json.dumps(fn(**json.loads(sys.argv[4]))))"
+    )
     out = run_child([sys.executable, "-c", code, str(BENCH_DIR), module, function, json.dumps(kwargs)], what)
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_nnunet(stage: str, python: str | Path, *, raw: Path, work: Path, device: str = "cpu",
-               workers: int = 2, patch: tuple[int, ...] = (72, 80, 80), batch: int = 2,
-               iterations: int = 20, warmup: int = 0, timeout: float | None = None, **_) -> dict:
+def run_nnunet(
+    stage: str,
+    python: str | Path,
+    *,
+    raw: Path,
+    work: Path,
+    device: str = "cpu",
+    workers: int = 2,
+    patch: tuple[int, ...] = (72, 80, 80),
+    batch: int = 2,
+    iterations: int = 20,
+    warmup: int = 0,
+    timeout: float | None = None,
+    **_,
+) -> dict:
     """nnU-Net's side of preprocess, loader, train or predict with the run.py keywords.
 
     (Augmentation has its own reference script, benchmarks/bench_augment_reference.py.)
@@ -149,16 +163,14 @@ def run_nnunet(stage: str, python: str | Path, *, raw: Path, work: Path, device:
     args: dict[str, list] = {
         "preprocess": ["--np", workers, *patch_args],
         "loader": [*patch_args, "--workers", workers, "--batches", iterations],
-        "train": [*patch_args, "--workers", workers, "--iterations", iterations, "--warmup", warmup,
-                  "--device", device],
+        "train": [*patch_args, "--workers", workers, "--iterations", iterations, "--warmup", warmup, "--device", device],
         "predict": ["--workers", workers, "--device", device],
     }
     script = {"preprocess": "plan_preprocess.py"}.get(stage, f"{stage}.py")
     return run_reference_script(python, script, raw, work, *args[stage], timeout=timeout)
 
 
-def make_nnunet_raw(dataset: Path, raw_root: Path, dataset_id: int = 901,
-                    name: str = "VoxsegDemo") -> Path:
+def make_nnunet_raw(dataset: Path, raw_root: Path, dataset_id: int = 901, name: str = "VoxsegDemo") -> Path:
     """Expose one of our raw datasets as ``raw_root/DatasetNNN_Name`` for nnU-Net.
 
     Our raw format IS nnU-Net's, so symlinks suffice; nothing is copied or modified.
@@ -176,6 +188,7 @@ def make_nnunet_raw(dataset: Path, raw_root: Path, dataset_id: int = 901,
 def header(device: str, python: Path | None = None) -> dict[str, str]:
     """Machine, versions and date printed above every table."""
     import torch
+
     info = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPU cores",
@@ -187,15 +200,22 @@ def header(device: str, python: Path | None = None) -> dict[str, str]:
     if device == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     if python is not None:
-        out = subprocess.run([str(python), "-c", "import importlib.metadata as m, torch;"
-                              "print(m.version('nnunetv2'), f'(torch {torch.__version__})')"],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                str(python),
+                "-c",
+                "import importlib.metadata as m, torch;print(m.version('nnunetv2'), f'(torch {torch.__version__})')",
+            ],
+            capture_output=True,
+            text=True,
+        )
         info["nnunetv2"] = out.stdout.strip() or "unavailable"
     return info
 
 
 def _version(dist: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version(dist)
     except PackageNotFoundError:
@@ -232,8 +252,7 @@ def _cell(v: float | str | None) -> str:
 def format_table(rows: list[Row], info: dict[str, str]) -> str:
     """Markdown table: stage, metric, ours, theirs, ours/theirs and which side is better."""
     lines = [f"- {k}: {v}" for k, v in info.items()]
-    lines += ["", "| stage | metric | ours | nnU-Net | ours/nnU-Net | better |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| stage | metric | ours | nnU-Net | ours/nnU-Net | better |", "|---|---|---|---|---|---|"]
     for r in rows:
         ratio, better = "", ""
         if isinstance(r.ours, (int, float)) and isinstance(r.theirs, (int, float)) and r.theirs:
@@ -256,8 +275,9 @@ def score_predictions(pred_dir: Path, raw: Path) -> dict:
     from voxseg.evaluation.evaluate import evaluate_folders
     from voxseg.evaluation.metrics import nanmean
 
-    summary = evaluate_folders(pred_dir, Path(raw) / "labelsTs", Path(raw) / "dataset.json",
-                               metrics=("dice", "hd95"), progress=False)
+    summary = evaluate_folders(
+        pred_dir, Path(raw) / "labelsTs", Path(raw) / "dataset.json", metrics=("dice", "hd95"), progress=False
+    )
     fg = summary["foreground_mean"]
     case_dice = [nanmean([m["Dice"] for m in case["metrics"].values()]) for case in summary["metric_per_case"]]
     return {"dice": fg["Dice"], "hd95": fg["HD95"], "case_dice": case_dice}

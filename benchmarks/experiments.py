@@ -19,6 +19,7 @@ numbers are recorded in the docs (datasets.md, losses.md, training.md):
 - cascade:  cases of 110-130 voxels per axis under a small memory budget: both stages planned,
             5 low-resolution folds and a cascade fold trained, one predict command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,9 @@ def run(*args: str) -> None:
         raise SystemExit(f"voxseg {' '.join(map(str, args))} failed")
 
 
-def _train_predict(raw: Path, work: Path, config: str, name: str, epochs: int, iterations: int, *extra: str,
-                   plan: tuple[str, ...] = ()) -> dict:
+def _train_predict(
+    raw: Path, work: Path, config: str, name: str, epochs: int, iterations: int, *extra: str, plan: tuple[str, ...] = ()
+) -> dict:
     """plan (unless done) -> preprocess -> train fold 'all' -> predict imagesTs -> evaluate; the summary."""
     if not (work / "plans.json").is_file():
         run("plan", raw, "-o", work, "--configs", config, "--gpu-memory", "0.5", *plan)
@@ -47,8 +49,19 @@ def _train_predict(raw: Path, work: Path, config: str, name: str, epochs: int, i
     run("train", work, config, "all", "--device", "cpu", "--name", name, *[a for s in sets for a in ("--set", s)], *extra)
     train_s = time.perf_counter() - start
     out = work / f"pred_{name}"
-    run("predict", "-m", work / "runs" / f"{config}__default__{name}", "-i", raw / "imagesTs", "-o", out, "--device", "cpu",
-        "--no-tta", "--save-probabilities")
+    run(
+        "predict",
+        "-m",
+        work / "runs" / f"{config}__default__{name}",
+        "-i",
+        raw / "imagesTs",
+        "-o",
+        out,
+        "--device",
+        "cpu",
+        "--no-tta",
+        "--save-probabilities",
+    )
     run("evaluate", out, raw / "labelsTs", "-d", raw / "dataset.json", "--metrics", "dice")
     summary = json.loads((out / "summary.json").read_text())
     summary["train_s"] = train_s
@@ -68,8 +81,12 @@ def regions(out: Path, epochs: int, iterations: int) -> list[str]:
     import numpy as np
 
     channels = {np.load(p)["probabilities"].shape[0] for p in Path(s["pred_dir"]).glob("*.npz")}
-    return ["| region-based demo | held-out Dice per region | train |", "|---|---|---|",
-            _dice_row(f"{epochs} x {iterations} it, sigmoid BCE + Dice", s), f"probability channels per case: {sorted(channels)}"]
+    return [
+        "| region-based demo | held-out Dice per region | train |",
+        "|---|---|---|",
+        _dice_row(f"{epochs} x {iterations} it, sigmoid BCE + Dice", s),
+        f"probability channels per case: {sorted(channels)}",
+    ]
 
 
 def rgb(out: Path, epochs: int, iterations: int) -> list[str]:
@@ -77,10 +94,16 @@ def rgb(out: Path, epochs: int, iterations: int) -> list[str]:
     s = _train_predict(raw, out / "work", "2d", "rgb", epochs, iterations)
     from voxseg.data.io import read_channels, read_image
 
-    same = all(read_image(p)[0].shape == read_channels(raw / "imagesTs" / p.name.replace(".png", "_0000.png"))[0].shape[1:]
-               for p in Path(s["pred_dir"]).glob("*.png"))
-    return ["| 2D RGB PNG demo | held-out Dice per class | train |", "|---|---|---|",
-            _dice_row(f"2d, {epochs} x {iterations} it", s), f"PNG predictions of the input size: {same}"]
+    same = all(
+        read_image(p)[0].shape == read_channels(raw / "imagesTs" / p.name.replace(".png", "_0000.png"))[0].shape[1:]
+        for p in Path(s["pred_dir"]).glob("*.png")
+    )
+    return [
+        "| 2D RGB PNG demo | held-out Dice per class | train |",
+        "|---|---|---|",
+        _dice_row(f"2d, {epochs} x {iterations} it", s),
+        f"PNG predictions of the input size: {same}",
+    ]
 
 
 def partial(out: Path, epochs: int, iterations: int) -> list[str]:
@@ -91,8 +114,10 @@ def partial(out: Path, epochs: int, iterations: int) -> list[str]:
     meta.pop("annotated_classes")
     (plain / "dataset.json").write_text(json.dumps(meta, indent=2))
     rows = ["| half the cases annotate only the lesion | organ | lesion | train |", "|---|---|---|---|"]
-    for label, data, work in (("with annotated_classes (marginal loss)", raw, out / "work_partial"),
-                              ("same label maps, no annotated_classes", plain, out / "work_plain")):
+    for label, data, work in (
+        ("with annotated_classes (marginal loss)", raw, out / "work_partial"),
+        ("same label maps, no annotated_classes", plain, out / "work_plain"),
+    ):
         s = _train_predict(data, work, "3d_fullres", "p", epochs, iterations)
         rows.append(f"| {label} | {s['mean']['1']['Dice']:.3f} | {s['mean']['2']['Dice']:.3f} | {s['train_s']:.0f} s |")
     return rows
@@ -115,13 +140,25 @@ def finetune(out: Path, epochs: int, iterations: int) -> list[str]:
     base = _train_predict(source, out / "work_source", "3d_fullres", "base", epochs, iterations)
     short = max(1, epochs // 4)
     like = ("--like", str(out / "work_source"))
-    tuned = _train_predict(target, out / "work_target", "3d_fullres", "tuned", short, iterations,
-                           "--pretrained", str(out / "work_source" / "runs" / "3d_fullres__default__base" / "fold_all"), plan=like)
+    tuned = _train_predict(
+        target,
+        out / "work_target",
+        "3d_fullres",
+        "tuned",
+        short,
+        iterations,
+        "--pretrained",
+        str(out / "work_source" / "runs" / "3d_fullres__default__base" / "fold_all"),
+        plan=like,
+    )
     scratch = _train_predict(target, out / "work_target", "3d_fullres", "scratch", short, iterations, plan=like)
-    return [f"| related dataset, {short} x {iterations} it | organ | lesion | train |", "|---|---|---|---|",
-            f"| source model ({epochs} x {iterations} it, on its own held-out cases) | {base['mean']['1']['Dice']:.3f} | {base['mean']['2']['Dice']:.3f} | {base['train_s']:.0f} s |",
-            f"| fine-tuned from it (--pretrained) | {tuned['mean']['2']['Dice']:.3f} | {tuned['mean']['1']['Dice']:.3f} | {tuned['train_s']:.0f} s |",
-            f"| from scratch | {scratch['mean']['2']['Dice']:.3f} | {scratch['mean']['1']['Dice']:.3f} | {scratch['train_s']:.0f} s |"]
+    return [
+        f"| related dataset, {short} x {iterations} it | organ | lesion | train |",
+        "|---|---|---|---|",
+        f"| source model ({epochs} x {iterations} it, on its own held-out cases) | {base['mean']['1']['Dice']:.3f} | {base['mean']['2']['Dice']:.3f} | {base['train_s']:.0f} s |",
+        f"| fine-tuned from it (--pretrained) | {tuned['mean']['2']['Dice']:.3f} | {tuned['mean']['1']['Dice']:.3f} | {tuned['train_s']:.0f} s |",
+        f"| from scratch | {scratch['mean']['2']['Dice']:.3f} | {scratch['mean']['1']['Dice']:.3f} | {scratch['train_s']:.0f} s |",
+    ]
 
 
 def cascade(out: Path, epochs: int, iterations: int) -> list[str]:
@@ -139,15 +176,28 @@ def cascade(out: Path, epochs: int, iterations: int) -> list[str]:
         run("train", work, "3d_lowres", fold, "--device", "cpu", "--name", "e", *flags)
     run("train", work, "3d_cascade_fullres", 0, "--device", "cpu", "--name", "e", *flags)
     out_dir = work / "pred"
-    run("predict", "-m", work / "runs" / "3d_cascade_fullres__default__e", "-i", raw / "imagesTs", "-o", out_dir, "--device", "cpu", "--no-tta")
+    run(
+        "predict",
+        "-m",
+        work / "runs" / "3d_cascade_fullres__default__e",
+        "-i",
+        raw / "imagesTs",
+        "-o",
+        out_dir,
+        "--device",
+        "cpu",
+        "--no-tta",
+    )
     run("evaluate", out_dir, raw / "labelsTs", "-d", raw / "dataset.json", "--metrics", "dice")
     summary = json.loads((out_dir / "summary.json").read_text())
     folds = sum(1 for _ in (work / "runs" / "3d_lowres__default__e").glob("fold_*/next_stage"))
     lines = ["| configuration | spacing | patch |", "|---|---|---|"]
     lines += [f"| {k} | {[round(v, 2) for v in c['spacing']]} | {c['patch_size']} |" for k, c in plan.items()]
-    lines += [f"low-resolution folds with next-stage inputs: {folds}; cascade held-out Dice "
-              + ", ".join(f"{summary['label_names'][k]} {v['Dice']:.3f}" for k, v in summary["mean"].items())
-              + f"; whole run {time.perf_counter() - start:.0f} s ({epochs} x {iterations} it per fold)"]
+    lines += [
+        f"low-resolution folds with next-stage inputs: {folds}; cascade held-out Dice "
+        + ", ".join(f"{summary['label_names'][k]} {v['Dice']:.3f}" for k, v in summary["mean"].items())
+        + f"; whole run {time.perf_counter() - start:.0f} s ({epochs} x {iterations} it per fold)"
+    ]
     return lines
 
 

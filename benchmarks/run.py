@@ -13,6 +13,7 @@ machine, versions and date. A stage whose script or function does not exist yet 
 Hand-written orchestration rather than pytest-benchmark/asv: the stages are minutes long, share
 state (preprocessed data, a trained model), and compare against a second Python environment.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,13 +26,14 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (benchmarks/ is not a package)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+import common
 
 
 @dataclass(frozen=True)
 class Profile:
     """Sizes of one run; ``--quick`` on CPU must finish in < 20 minutes on 2 cores."""
+
     cases: int
     test_cases: int
     size_range: tuple[int, int]
@@ -43,20 +45,22 @@ class Profile:
     train_iterations: int
     train_warmup: int
     repeats: dict[str, int] = field(default_factory=dict)
-    train_patch: tuple[int, int, int] | None = None   # train/predict only; None: ``patch``
+    train_patch: tuple[int, int, int] | None = None  # train/predict only; None: ``patch``
 
 
 PROFILES = {
     # nnU-Net's CPU training at 72x80x80 batch 2 takes 20-60 s/it on 2 shared cores (measured),
     # so --quick trains (and predicts) with a smaller patch.
-    ("cpu", True): Profile(6, 1, (48, 96), (72, 80, 80), 2, 2, 20, 10, 3, 1,
-                           {"preprocess": 1, "loader": 1, "augment": 1}, train_patch=(32, 64, 64)),
-    ("cpu", False): Profile(20, 4, (48, 96), (72, 80, 80), 2, 2, 60, 30, 50, 5,
-                            {"preprocess": 3, "loader": 3, "augment": 3}),
-    ("cuda", True): Profile(10, 2, (112, 208), (64, 160, 160), 2, 8, 40, 20, 50, 20,
-                            {"preprocess": 1, "loader": 1, "augment": 1}),
-    ("cuda", False): Profile(20, 4, (112, 208), (64, 160, 160), 2, 8, 100, 50, 250, 50,
-                             {"preprocess": 2, "loader": 3, "augment": 3}),
+    ("cpu", True): Profile(
+        6, 1, (48, 96), (72, 80, 80), 2, 2, 20, 10, 3, 1, {"preprocess": 1, "loader": 1, "augment": 1}, train_patch=(32, 64, 64)
+    ),
+    ("cpu", False): Profile(20, 4, (48, 96), (72, 80, 80), 2, 2, 60, 30, 50, 5, {"preprocess": 3, "loader": 3, "augment": 3}),
+    ("cuda", True): Profile(
+        10, 2, (112, 208), (64, 160, 160), 2, 8, 40, 20, 50, 20, {"preprocess": 1, "loader": 1, "augment": 1}
+    ),
+    ("cuda", False): Profile(
+        20, 4, (112, 208), (64, 160, 160), 2, 8, 100, 50, 250, 50, {"preprocess": 2, "loader": 3, "augment": 3}
+    ),
 }
 STAGE_ITERATIONS = {"loader": "loader_batches", "augment": "augment_batches", "train": "train_iterations"}
 
@@ -89,11 +93,18 @@ def run(device: str, quick: bool, out: Path, stages: list[str], refenv: Path, ke
     scratch = out / "scratch"
     shutil.rmtree(scratch, ignore_errors=True)
     python = common.reference_python(refenv)
-    demo = make_demo_dataset(scratch / "demo", cases=prof.cases, seed=0, size_range=prof.size_range,
-                             test_cases=prof.test_cases)
+    demo = make_demo_dataset(scratch / "demo", cases=prof.cases, seed=0, size_range=prof.size_range, test_cases=prof.test_cases)
     raw = common.make_nnunet_raw(demo, scratch / "raw")
-    base = {"raw": raw, "device": device, "workers": prof.workers, "patch": prof.patch,
-            "batch": prof.batch, "warmup": prof.train_warmup, "quick": quick, "refenv": refenv}
+    base = {
+        "raw": raw,
+        "device": device,
+        "workers": prof.workers,
+        "patch": prof.patch,
+        "batch": prof.batch,
+        "warmup": prof.train_warmup,
+        "quick": quick,
+        "refenv": refenv,
+    }
     rows: list[common.Row] = []
     results: dict[str, dict] = {}
     with open(out / "log.txt", "w") as log:
@@ -118,18 +129,19 @@ def run(device: str, quick: bool, out: Path, stages: list[str], refenv: Path, ke
             if python is None:
                 theirs = "n/a (run benchmarks/setup_reference.sh)"
             elif mod is not None and hasattr(mod, "run_reference"):
-                theirs = call_side(mod.run_reference, (python,), dict(kw, work=scratch / "nnunet"),
-                                   repeats, log)
+                theirs = call_side(mod.run_reference, (python,), dict(kw, work=scratch / "nnunet"), repeats, log)
             if stage == "predict":
                 ours, theirs = (_with_scores(side, raw, log) for side in (ours, theirs))
             results[stage] = {"ours": ours, "theirs": theirs, "seconds": time.perf_counter() - t0}
             rows += _rows(stage, ours, theirs)
             print(f"[run] {stage}: {results[stage]['seconds']:.0f} s", file=sys.stderr, flush=True)
     info = common.header(device, python)
-    info["profile"] = (f"{'quick' if quick else 'full'}: {prof.cases}+{prof.test_cases} cases "
-                       f"{prof.size_range}, patch {list(prof.patch)} batch {prof.batch}, "
-                       f"{prof.workers} workers, train {prof.train_warmup}+{prof.train_iterations} it"
-                       + (f" at patch {list(prof.train_patch)}" if prof.train_patch else ""))
+    info["profile"] = (
+        f"{'quick' if quick else 'full'}: {prof.cases}+{prof.test_cases} cases "
+        f"{prof.size_range}, patch {list(prof.patch)} batch {prof.batch}, "
+        f"{prof.workers} workers, train {prof.train_warmup}+{prof.train_iterations} it"
+        + (f" at patch {list(prof.train_patch)}" if prof.train_patch else "")
+    )
     table = common.format_table(rows, info)
     (out / "results.md").write_text(table + "\n")
     (out / "results.json").write_text(json.dumps({"info": info, "stages": results}, indent=1, default=str))
@@ -157,6 +169,7 @@ def _rows(stage: str, ours: dict | str, theirs: dict | str) -> list[common.Row]:
 
     def get(side: dict | str, key: str):
         return side.get(key) if isinstance(side, dict) else side
+
     return [common.Row(stage, k, get(ours, k), get(theirs, k)) for k in keys]
 
 
@@ -165,10 +178,10 @@ def main() -> None:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--quick", action="store_true", help="small run (< 20 min on 2 CPU cores)")
     ap.add_argument("--out", type=Path, default=common.BENCH_DIR / "out")
-    ap.add_argument("--stages", default=",".join(common.STAGES),
-                    help=f"comma-separated subset of {','.join(common.STAGES)}")
-    ap.add_argument("--refenv", type=Path, default=common.DEFAULT_REFENV,
-                    help="nnU-Net reference venv made by setup_reference.sh")
+    ap.add_argument("--stages", default=",".join(common.STAGES), help=f"comma-separated subset of {','.join(common.STAGES)}")
+    ap.add_argument(
+        "--refenv", type=Path, default=common.DEFAULT_REFENV, help="nnU-Net reference venv made by setup_reference.sh"
+    )
     ap.add_argument("--keep", action="store_true", help="keep DIR/scratch (data, stores, models)")
     a = ap.parse_args()
     stages = [s for s in a.stages.split(",") if s]

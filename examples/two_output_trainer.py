@@ -3,6 +3,7 @@
 voxseg train WORK 3d_fullres 0 --trainer examples/two_output_trainer.py:TwoOutputTrainer
 (The same without code: a `heads:` entry in the settings YAML, see docs/multi-output.md.)
 """
+
 import dataclasses
 
 import torch.nn.functional as F

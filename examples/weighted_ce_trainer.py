@@ -3,6 +3,7 @@
 voxseg train WORK 3d_fullres 0 --trainer examples/weighted_ce_trainer.py:WeightedCETrainer
 (The same without code: --set loss.class_weights=[0.5,1,4] keeps Dice and weights CE.)
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -11,7 +12,7 @@ from voxseg.training.trainer import Trainer
 
 
 class WeightedCETrainer(Trainer):
-    class_weight = [0.5, 1.0, 4.0]  # background, organ, lesion of the demo data
+    class_weight = (0.5, 1.0, 4.0)  # background, organ, lesion of the demo data
 
     def build_loss(self):
         weight = torch.tensor(self.class_weight, device=self.device)

@@ -23,8 +23,10 @@ def shared_data() -> Path:
     need real geometry skip with the reason below; synthetic-data tests cover the same code paths.
     """
     if not (SHARED_DATA / "pyradiomics").is_dir():
-        pytest.skip(f"real scans not found at {SHARED_DATA}: the pyradiomics scans' terms of use are not stated, "
-                    "so they are not redistributed in tests/data (see tests/conftest.py)")
+        pytest.skip(
+            f"real scans not found at {SHARED_DATA}: the pyradiomics scans' terms of use are not stated, "
+            "so they are not redistributed in tests/data (see tests/conftest.py)"
+        )
     return SHARED_DATA
 
 
@@ -40,7 +42,9 @@ def demo_dataset(tmp_path_factory) -> Path:
 def demo_dataset_ignore(tmp_path_factory) -> Path:
     from voxseg.data.demo import make_demo_dataset
 
-    return make_demo_dataset(tmp_path_factory.mktemp("demo_ign") / "raw", cases=4, seed=2, size_range=(24, 40), ignore_fraction=0.4)
+    return make_demo_dataset(
+        tmp_path_factory.mktemp("demo_ign") / "raw", cases=4, seed=2, size_range=(24, 40), ignore_fraction=0.4
+    )
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +58,10 @@ def tiny_work(demo_dataset, tmp_path_factory) -> Path:
     from voxseg.cli.main import main
 
     work = tmp_path_factory.mktemp("work")
-    assert main(["plan", str(demo_dataset), "-o", str(work), "--configs", "3d_fullres,2d", "--patch-size", "16,32,32", "-j", "1"]) == 0
+    assert (
+        main(["plan", str(demo_dataset), "-o", str(work), "--configs", "3d_fullres,2d", "--patch-size", "16,32,32", "-j", "1"])
+        == 0
+    )
     plans = json.loads((work / "plans.json").read_text())
     for cfg in plans["configurations"].values():
         cfg["network"]["features"] = [min(8 * 2**i, 32) for i in range(len(cfg["network"]["features"]))]

@@ -25,18 +25,30 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "python-api.md"
 
 @pytest.fixture(scope="module")
 def run(tiny_work) -> Path:
-    settings = load_settings(None, ["training.epochs=1", "training.iterations_per_epoch=2", "training.val_iterations=0",
-                                    "training.final_validation=false", "sampling.workers=0"])
+    settings = load_settings(
+        None,
+        [
+            "training.epochs=1",
+            "training.iterations_per_epoch=2",
+            "training.val_iterations=0",
+            "training.final_validation=false",
+            "sampling.workers=0",
+        ],
+    )
     return train(tiny_work, "3d_fullres", "all", settings, device="cpu", name="api").parent
 
 
 def _python(code: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def test_import_voxseg_loads_no_stage_and_names_resolve_lazily(tmp_path):
-    out = _python("import sys, voxseg; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'voxseg')))", tmp_path)
+    out = _python(
+        "import sys, voxseg; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'voxseg')))", tmp_path
+    )
     assert out.returncode == 0 and out.stdout.strip() == "['voxseg']", out.stderr
     from voxseg.inference.cohort import predict
     from voxseg.inference.predictor import Predictor
@@ -51,8 +63,12 @@ def test_import_voxseg_loads_no_stage_and_names_resolve_lazily(tmp_path):
 
 def test_plain_script_writes_what_the_cli_writes(run, demo_dataset, tmp_path):
     images = demo_dataset / "imagesTs"
-    assert main(["predict", "-m", str(run), "-i", str(images), "-o", str(tmp_path / "cli"), "--device", "cpu",
-                 "--save-probabilities"]) == 0
+    assert (
+        main(
+            ["predict", "-m", str(run), "-i", str(images), "-o", str(tmp_path / "cli"), "--device", "cpu", "--save-probabilities"]
+        )
+        == 0
+    )
     script = textwrap.dedent(f"""
         import voxseg
         predictor = voxseg.Predictor.from_run({str(run)!r}, device="cpu")
@@ -91,11 +107,14 @@ def test_arrays_in_memory_give_the_file_predictions(run, demo_dataset, tmp_path)
         np.testing.assert_allclose(single.probabilities, saved, atol=1e-3)  # the file holds float16
 
 
-@pytest.mark.parametrize("image_shape, spacing, message", [
-    ((2, 20, 30, 30), (1.0, 1.0, 1.0), "does not fit 3 spacing values and 1 channel"),
-    ((20, 30, 30), (1.0, 1.0), "does not fit 2 spacing values"),
-    ((20, 30, 30), (1.0, 0.0, 1.0), "not 2 or 3 positive voxel sizes"),
-])
+@pytest.mark.parametrize(
+    "image_shape, spacing, message",
+    [
+        ((2, 20, 30, 30), (1.0, 1.0, 1.0), "does not fit 3 spacing values and 1 channel"),
+        ((20, 30, 30), (1.0, 1.0), "does not fit 2 spacing values"),
+        ((20, 30, 30), (1.0, 0.0, 1.0), "not 2 or 3 positive voxel sizes"),
+    ],
+)
 def test_wrong_arrays_are_one_line_errors(run, image_shape, spacing, message):
     predictor = voxseg.Predictor.from_run(run, device="cpu", tta=False)
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -114,14 +133,34 @@ def test_docstring_examples_run(run, demo_dataset, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     image_file = demo_dataset / "imagesTs" / "demo_004_0000.nii.gz"
-    namespace = {"voxseg": voxseg, "torch": torch, "Path": Path, "tmp": tmp_path, "dataset": demo_dataset, "run": run,
-                 "images": demo_dataset / "imagesTs", "image_file": image_file,
-                 "image": sitk.GetArrayFromImage(sitk.ReadImage(str(image_file))),
-                 "predictor": Predictor.from_run(run, device="cpu", tta=False),
-                 "export_onnx": onnx_backend.export_onnx, "OnnxNetwork": onnx_backend.OnnxNetwork}
-    documented = [api.plan, api.preprocess, api.load_settings, api.train, cohort.predict, api.evaluate, Predictor.from_run,
-                  Predictor.predict_array, Predictor.predict_arrays, Predictor.predict_files, package.export_model,
-                  package.install_model]
+    namespace = {
+        "voxseg": voxseg,
+        "torch": torch,
+        "Path": Path,
+        "tmp": tmp_path,
+        "dataset": demo_dataset,
+        "run": run,
+        "images": demo_dataset / "imagesTs",
+        "image_file": image_file,
+        "image": sitk.GetArrayFromImage(sitk.ReadImage(str(image_file))),
+        "predictor": Predictor.from_run(run, device="cpu", tta=False),
+        "export_onnx": onnx_backend.export_onnx,
+        "OnnxNetwork": onnx_backend.OnnxNetwork,
+    }
+    documented = [
+        api.plan,
+        api.preprocess,
+        api.load_settings,
+        api.train,
+        cohort.predict,
+        api.evaluate,
+        Predictor.from_run,
+        Predictor.predict_array,
+        Predictor.predict_arrays,
+        Predictor.predict_files,
+        package.export_model,
+        package.install_model,
+    ]
     try:
         import onnxruntime  # noqa: F401
 
@@ -146,5 +185,7 @@ def test_python_api_page_runs_as_a_script(tmp_path):
     out = _python("\n".join(blocks), tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "validation Dice" in out.stdout and "case(s) predicted" in out.stdout and "does not fit" in out.stdout
-    assert (tmp_path / "predictions" / "demo_005.nii.gz").is_file() and (tmp_path / "predictions_one" / "demo_004.nii.gz").is_file()
+    assert (tmp_path / "predictions" / "demo_005.nii.gz").is_file() and (
+        tmp_path / "predictions_one" / "demo_004.nii.gz"
+    ).is_file()
     assert (tmp_path / "model.zip").is_file() and (tmp_path / "installed_model" / "manifest.json").is_file()

@@ -22,7 +22,9 @@ SETS = ["training.epochs=1", "training.iterations_per_epoch=2", "training.val_it
 
 
 def _train(work, config, fold, *extra):
-    return main(["train", str(work), config, fold, "--device", "cpu", "--name", "c", *[a for s in SETS for a in ("--set", s)], *extra])
+    return main(
+        ["train", str(work), config, fold, "--device", "cpu", "--name", "c", *[a for s in SETS for a in ("--set", s)], *extra]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +38,14 @@ def cascade_work(tmp_path_factory):
         cfg["network"]["features"] = [8 * 2**i for i in range(len(cfg["network"]["features"]))]
     (work / "plans.json").write_text(json.dumps(plans))
     splits = root / "splits.json"
-    splits.write_text(json.dumps([{"train": ["demo_002", "demo_003"], "val": ["demo_000", "demo_001"]},
-                                  {"train": ["demo_000", "demo_001"], "val": ["demo_002", "demo_003"]}]))
+    splits.write_text(
+        json.dumps(
+            [
+                {"train": ["demo_002", "demo_003"], "val": ["demo_000", "demo_001"]},
+                {"train": ["demo_000", "demo_001"], "val": ["demo_002", "demo_003"]},
+            ]
+        )
+    )
     assert main(["preprocess", str(work), "-j", "1", "--splits", str(splits)]) == 0
     for fold in ("0", "1"):
         assert _train(work, "3d_lowres", fold) == 0
@@ -96,7 +104,9 @@ def test_cascade_trains_on_previous_stage_inputs_and_predicts_through_both_stage
     assert meta["previous_stage"]["config"] == "3d_lowres"
     assert json.loads((fold / "run.json").read_text())["previous_stage"].endswith("3d_lowres__default__c")
     out = tmp_path / "pred"
-    assert main(["predict", "-m", str(fold.parent), "-i", str(raw / "imagesTs"), "-o", str(out), "--device", "cpu", "--no-tta"]) == 0
+    assert (
+        main(["predict", "-m", str(fold.parent), "-i", str(raw / "imagesTs"), "-o", str(out), "--device", "cpu", "--no-tta"]) == 0
+    )
     assert (out / "demo_004.nii.gz").is_file()
 
     from voxseg.inference.models import load_models

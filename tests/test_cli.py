@@ -52,8 +52,23 @@ def test_plan_and_preprocess_takes_the_options_of_both():
 
 def test_plan_and_preprocess_runs_both_steps(demo_dataset, tmp_path, capsys):
     work = tmp_path / "work"
-    assert main(["plan-and-preprocess", str(demo_dataset), "-o", str(work), "--configs", "3d_fullres",
-                 "--patch-size", "16,32,32", "-j", "1"]) == 0
+    assert (
+        main(
+            [
+                "plan-and-preprocess",
+                str(demo_dataset),
+                "-o",
+                str(work),
+                "--configs",
+                "3d_fullres",
+                "--patch-size",
+                "16,32,32",
+                "-j",
+                "1",
+            ]
+        )
+        == 0
+    )
     plans = json.loads((work / "plans.json").read_text())
     assert list(plans["configurations"]) == ["3d_fullres"]
     stored = sorted(p.stem for p in (work / "store" / "3d_fullres").glob("*.json"))

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,8 +17,16 @@ from voxseg.training.settings import load_settings
 
 @pytest.fixture(scope="module")
 def model(tiny_work):
-    settings = load_settings(None, ["training.epochs=1", "training.iterations_per_epoch=1", "training.val_iterations=0",
-                                    "training.final_validation=false", "sampling.workers=0"])
+    settings = load_settings(
+        None,
+        [
+            "training.epochs=1",
+            "training.iterations_per_epoch=1",
+            "training.val_iterations=0",
+            "training.final_validation=false",
+            "sampling.workers=0",
+        ],
+    )
     return train(tiny_work, "3d_fullres", "all", settings, device="cpu", name="cohort").parent
 
 
@@ -53,8 +60,13 @@ def test_shards_are_disjoint_and_complete():
 def test_continue_after_a_kill_keeps_finished_cases_and_does_the_rest(model, cohort, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_cli("predict", "-m", str(model), "-i", str(cohort), "-o", str(out), "--device", "cpu", "--no-tta"),
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _cli("predict", "-m", str(model), "-i", str(cohort), "-o", str(out), "--device", "cpu", "--no-tta"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list(out.glob("c*.nii.gz"))) < 2:
         time.sleep(0.05)
@@ -65,14 +77,18 @@ def test_continue_after_a_kill_keeps_finished_cases_and_does_the_rest(model, coh
     result = predict([model], cohort, out, tta=False, device="cpu", progress=False, skip_existing=True)
     assert sorted(result.skipped) == sorted(n.split(".")[0] for n in done)
     assert len(result.written) == 6 - len(done) and not result.failed
-    assert {p.name: p.stat().st_mtime_ns for p in out.glob("c*.nii.gz") if p.name in done} == done, "nothing finished is rewritten"
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("c*.nii.gz") if p.name in done} == done, (
+        "nothing finished is rewritten"
+    )
     assert len(list(out.glob("c*.nii.gz"))) == 6
 
 
 @pytest.mark.slow
 def test_io_workers_give_byte_identical_outputs(model, cohort, tmp_path):
     serial = predict([model], cohort, tmp_path / "serial", tta=False, device="cpu", progress=False, save_probabilities=True)
-    pooled = predict([model], cohort, tmp_path / "pooled", tta=False, device="cpu", progress=False, save_probabilities=True, io_workers=2)
+    pooled = predict(
+        [model], cohort, tmp_path / "pooled", tta=False, device="cpu", progress=False, save_probabilities=True, io_workers=2
+    )
     assert sorted(serial.written) == sorted(pooled.written) and len(serial.written) == 6
     for f in sorted((tmp_path / "serial").iterdir()):
         assert f.read_bytes() == (tmp_path / "pooled" / f.name).read_bytes(), f.name
@@ -81,8 +97,25 @@ def test_io_workers_give_byte_identical_outputs(model, cohort, tmp_path):
 @pytest.mark.slow
 def test_torchrun_shards_cases_over_two_cpu_processes(model, cohort, tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "voxseg", "predict",
-           "-m", str(model), "-i", str(cohort), "-o", str(out), "--device", "cpu", "--no-tta"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "voxseg",
+        "predict",
+        "-m",
+        str(model),
+        "-i",
+        str(cohort),
+        "-o",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-tta",
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
     assert sorted(p.name for p in out.glob("*.nii.gz")) == [f"c{i}.nii.gz" for i in range(6)]

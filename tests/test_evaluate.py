@@ -21,8 +21,12 @@ GEOMETRY = Geometry(SPACING, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
 
 
 def write_dataset(tmp_path, labels=None, ending=".nrrd"):
-    meta = {"channel_names": {"0": "CT"}, "labels": labels or {"background": 0, "liver": 1, "tumour": 2, "ignore": 3},
-            "file_ending": ending, "numTraining": 3}
+    meta = {
+        "channel_names": {"0": "CT"},
+        "labels": labels or {"background": 0, "liver": 1, "tumour": 2, "ignore": 3},
+        "file_ending": ending,
+        "numTraining": 3,
+    }
     if labels and any(isinstance(v, list) for v in labels.values()):
         meta["regions_class_order"] = [1, 2]
     (tmp_path / "dataset.json").write_text(json.dumps(meta))
@@ -77,7 +81,9 @@ def test_parallel_equals_serial_and_metric_choice(tmp_path):
     dataset_json = write_dataset(tmp_path)
     preds, refs = make_cases(tmp_path)
     serial = evaluate_folders(preds, refs, dataset_json, output=tmp_path / "s.json", metrics=("dice",), progress=False)
-    parallel = evaluate_folders(preds, refs, dataset_json, output=tmp_path / "p.json", metrics=("dice",), num_workers=2, progress=False)
+    parallel = evaluate_folders(
+        preds, refs, dataset_json, output=tmp_path / "p.json", metrics=("dice",), num_workers=2, progress=False
+    )
     assert json.dumps(serial["metric_per_case"]) == json.dumps(parallel["metric_per_case"])
     assert set(serial["mean"]["1"]) == {"TP", "FP", "FN", "TN", "n_pred", "n_ref", "Dice"}
     assert (tmp_path / "p.csv").is_file()
@@ -110,7 +116,7 @@ def test_user_mistakes_name_the_file(tmp_path):
     write_image(refs / "d.nrrd", np.zeros((9, 12, 12), np.uint8), GEOMETRY)
     with pytest.raises(InputError, match="case d: prediction shape differs"):
         evaluate_folders(preds, refs, dataset_json, progress=False)
-    with pytest.raises(NotFoundError, match="dataset.json not found"):
+    with pytest.raises(NotFoundError, match=r"dataset\.json not found"):
         evaluate_folders(preds, refs, tmp_path / "nowhere", progress=False)
     with pytest.raises(InputError, match="no prediction files"):
         evaluate_folders(refs, refs, write_dataset(tmp_path, ending=".nii.gz"), progress=False)
@@ -121,8 +127,21 @@ def test_cli_evaluate(tmp_path, capsys):
     preds, refs = make_cases(tmp_path)
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    args = parser.parse_args(["evaluate", str(preds), str(refs), "-d", str(dataset_json), "-o", str(tmp_path / "out.json"),
-                              "--metrics", "dice,hd95", "--nsd-tolerance", "2"])
+    args = parser.parse_args(
+        [
+            "evaluate",
+            str(preds),
+            str(refs),
+            "-d",
+            str(dataset_json),
+            "-o",
+            str(tmp_path / "out.json"),
+            "--metrics",
+            "dice,hd95",
+            "--nsd-tolerance",
+            "2",
+        ]
+    )
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "liver" in out and "out.json" in out

@@ -37,16 +37,27 @@ from voxseg.training.run import train
 from voxseg.training.settings import load_settings
 
 linux_only = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds a session's processes in /proc (Linux)")
-QUICK_TRAIN = ["--device", "cpu", "--set", "training.epochs=3", "--set", "training.iterations_per_epoch=3",
-               "--set", "training.val_iterations=1", "--set", "training.final_validation=false"]
+QUICK_TRAIN = [
+    "--device",
+    "cpu",
+    "--set",
+    "training.epochs=3",
+    "--set",
+    "training.iterations_per_epoch=3",
+    "--set",
+    "training.val_iterations=1",
+    "--set",
+    "training.final_validation=false",
+]
 
 
 # -- helpers -----------------------------------------------------------------------------------------
 def start(args: list[str], log: Path) -> subprocess.Popen:
     """`voxseg ARGS` in a new session (its id is the pid), output to `log`."""
     with open(log, "w") as f:
-        return subprocess.Popen([sys.executable, "-m", "voxseg", *args], stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "voxseg", *args], stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -76,7 +87,7 @@ def session_processes(sid: int) -> list[str]:
         except OSError:  # ended while we looked
             continue
         name_end = text.rindex(")")
-        state, _ppid, _pgrp, session = text[name_end + 2:].split()[:4]
+        state, _ppid, _pgrp, session = text[name_end + 2 :].split()[:4]
         if int(session) == sid and state not in ("Z", "X"):
             found.append(text[: name_end + 1])
     return found
@@ -105,15 +116,21 @@ def tmpfs_possible() -> bool:
     if not shutil.which("unshare"):
         return False
     with tempfile.TemporaryDirectory() as folder:
-        probe = subprocess.run(["unshare", "-rm", "mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", folder], capture_output=True, timeout=30)
+        probe = subprocess.run(
+            ["unshare", "-rm", "mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", folder], capture_output=True, timeout=30
+        )
     return probe.returncode == 0
 
 
 def in_tmpfs(mount_at: Path, size_kb: int, script: str) -> subprocess.CompletedProcess:
     """`sh -c script` with a `size_kb` tmpfs mounted at `mount_at`, visible only to that shell."""
     mount_at.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size={size_kb}k tmpfs "{mount_at}" && {script}'],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size={size_kb}k tmpfs "{mount_at}" && {script}'],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 needs_tmpfs = pytest.mark.skipif("not tmpfs_possible()", reason="cannot mount a tmpfs in a user namespace here (unshare -rm)")
@@ -121,8 +138,16 @@ needs_tmpfs = pytest.mark.skipif("not tmpfs_possible()", reason="cannot mount a 
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_work) -> Path:
-    settings = load_settings(None, ["training.epochs=1", "training.iterations_per_epoch=2", "training.val_iterations=0",
-                                    "training.final_validation=false", "sampling.workers=0"])
+    settings = load_settings(
+        None,
+        [
+            "training.epochs=1",
+            "training.iterations_per_epoch=2",
+            "training.val_iterations=0",
+            "training.final_validation=false",
+            "sampling.workers=0",
+        ],
+    )
     return train(tiny_work, "3d_fullres", "all", settings, device="cpu", name="faults").parent
 
 
@@ -254,8 +279,12 @@ def test_a_child_dies_with_its_parent(tmp_path, how):
 
 def test_a_child_whose_parent_already_died_exits_at_once():
     # The parent may die before the child arms the signal: the child then finds another parent.
-    done = subprocess.run([sys.executable, "-c", "from voxseg.parallel import die_with_parent; die_with_parent(-1); print('ran on')"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", "from voxseg.parallel import die_with_parent; die_with_parent(-1); print('ran on')"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1 and "ran on" not in done.stdout
 
 
@@ -320,8 +349,10 @@ CHECK_OUTPUTS = textwrap.dedent("""
 def test_predict_onto_a_full_disk_is_a_one_line_error_and_keeps_complete_outputs_only(trained_run, images, tmp_path):
     (tmp_path / "check.py").write_text(CHECK_OUTPUTS)
     out, err = tmp_path / "out", tmp_path / "stderr.txt"
-    predict = (f'"{sys.executable}" -m voxseg predict -m "{trained_run}" -i "{images}" -o "{out}" --device cpu --no-tta '
-               f'--save-probabilities 2>"{err}"; echo "rc=$?"; "{sys.executable}" "{tmp_path / "check.py"}" "{out}"')
+    predict = (
+        f'"{sys.executable}" -m voxseg predict -m "{trained_run}" -i "{images}" -o "{out}" --device cpu --no-tta '
+        f'--save-probabilities 2>"{err}"; echo "rc=$?"; "{sys.executable}" "{tmp_path / "check.py"}" "{out}"'
+    )
     done = in_tmpfs(out, 160, predict)  # room for 2 of the 6 cases
     assert done.returncode == 0, done.stderr  # the checker read every file left on the full disk
     lines = done.stdout.splitlines()

@@ -47,8 +47,13 @@ def test_another_topology_is_a_one_line_error_pointing_to_like(tiny_work, tmp_pa
     plan = _plan(tiny_work, ["background", "organ", "lesion"])
     small = dataclasses.replace(NetworkSpec.from_plan(plan, "3d_fullres"))
     network = dict(small.network, features=[f * 2 for f in small.network["features"]])
-    save_checkpoint(tmp_path / "c.pt", {"trainer": {"network": build_from_spec(dataclasses.replace(small, network=network)).state_dict()},
-                                        "meta": {"plan": plan.to_json()}})
+    save_checkpoint(
+        tmp_path / "c.pt",
+        {
+            "trainer": {"network": build_from_spec(dataclasses.replace(small, network=network)).state_dict()},
+            "meta": {"plan": plan.to_json()},
+        },
+    )
     with pytest.raises(CheckpointError, match="another topology") as e:
         transfer_weights(build_from_spec(small), plan, tmp_path / "c.pt")
     assert "--like" in str(e.value)
@@ -63,21 +68,39 @@ def test_like_plans_identical_topology_with_this_datasets_statistics(tiny_work, 
     assert ours.configurations.keys() == theirs.configurations.keys()
     for name, cfg in ours.configurations.items():
         other = theirs.configurations[name]
-        assert (cfg.network, cfg.patch_size, cfg.spacing, cfg.batch_size) == (other.network, other.patch_size, other.spacing, other.batch_size)
+        assert (cfg.network, cfg.patch_size, cfg.spacing, cfg.batch_size) == (
+            other.network,
+            other.patch_size,
+            other.spacing,
+            other.batch_size,
+        )
     assert ours.has_ignore and ours.dataset_path != theirs.dataset_path
     fingerprint = json.loads((work / "fingerprint.json").read_text())
     assert ours.normalization[0].mean == pytest.approx(fingerprint["channel_stats"][0]["mean"])
 
 
 def test_warmup_then_poly():
-    assert [round(lr_factor(e, 10, 0.9, warmup=3), 4) for e in range(5)] == [0.25, 0.5, 0.75, round((1 - 3 / 10) ** 0.9, 4), round((1 - 4 / 10) ** 0.9, 4)]
+    assert [round(lr_factor(e, 10, 0.9, warmup=3), 4) for e in range(5)] == [
+        0.25,
+        0.5,
+        0.75,
+        round((1 - 3 / 10) ** 0.9, 4),
+        round((1 - 4 / 10) ** 0.9, 4),
+    ]
     assert lr_factor(0, 10, 0.9) == 1.0
 
 
 def test_fine_tune_with_frozen_encoder_keeps_the_encoder(tiny_work):
     base = train(tiny_work, "3d_fullres", "0", load_settings(None, [*QUICK, "training.epochs=1"]), device="cpu", name="ft-base")
-    tuned = train(tiny_work, "3d_fullres", "0", load_settings(None, [*QUICK, "training.epochs=1", "training.freeze_encoder_epochs=1"]),
-                  device="cpu", name="ft-tuned", pretrained=base.parent)
+    tuned = train(
+        tiny_work,
+        "3d_fullres",
+        "0",
+        load_settings(None, [*QUICK, "training.epochs=1", "training.freeze_encoder_epochs=1"]),
+        device="cpu",
+        name="ft-tuned",
+        pretrained=base.parent,
+    )
     a = load_checkpoint(base / "checkpoint_final.pt")
     b = load_checkpoint(tuned / "checkpoint_final.pt")
     assert b["trainer"]["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(1e-3), "fine-tuning default lr"

@@ -32,7 +32,10 @@ def _pixels(mode: str) -> np.ndarray:
     return RNG.integers(0, 256, COLOUR[mode], dtype=np.uint8)
 
 
-@pytest.mark.parametrize("ending, mode", [(e, m) for e in (".png", ".tif") for m in COLOUR] + [(".bmp", "L"), (".bmp", "RGB"), (".jpg", "L"), (".jpeg", "RGB")])
+@pytest.mark.parametrize(
+    "ending, mode",
+    [(e, m) for e in (".png", ".tif") for m in COLOUR] + [(".bmp", "L"), (".bmp", "RGB"), (".jpg", "L"), (".jpeg", "RGB")],
+)
 def test_natural_image_channels_are_its_colour_bands(tmp_path, ending, mode):
     pixels = _pixels(mode)
     if ending in (".jpg", ".jpeg"):  # smooth, so lossy compression keeps it close
@@ -105,11 +108,11 @@ def test_3d_tiff_round_trip_writes_spacing_sidecar(tmp_path):
 def test_3d_tiff_image_channels_use_the_case_sidecar(tmp_path):
     stack = RNG.integers(0, 100, (5, 8, 9)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "case_0000.tif", stack)
-    with pytest.raises(DatasetError, match="spacing file case.json") as e:
+    with pytest.raises(DatasetError, match=r"spacing file case\.json") as e:
         read_channels(tmp_path / "case_0000.tif")
     assert str(tmp_path / "case.json") in e.value.fix and "[z, y, x]" in e.value.fix
     (tmp_path / "case_0000.json").write_text('{"spacing": [2.0, 1.0, 0.5]}')  # nnU-Net would not read it
-    with pytest.raises(DatasetError, match="spacing file case.json") as e:
+    with pytest.raises(DatasetError, match=r"spacing file case\.json") as e:
         read_channels(tmp_path / "case_0000.tif")
     assert e.value.fix == "rename case_0000.json to case.json"
     (tmp_path / "case_0000.json").unlink()
@@ -218,7 +221,7 @@ def test_corrupt_compressed_data_is_refused(tmp_path, ending):
     stored = _write(tmp_path, ending)
     data = bytearray(stored.read_bytes())
     middle = len(data) // 2
-    data[middle: middle + 4] = bytes(b ^ 0xFF for b in data[middle: middle + 4])
+    data[middle : middle + 4] = bytes(b ^ 0xFF for b in data[middle : middle + 4])
     stored.write_bytes(bytes(data))
     with pytest.raises(DatasetError, match="truncated or corrupt"):
         read_channels(stored)

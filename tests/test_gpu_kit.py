@@ -31,8 +31,20 @@ def gpu_check(tmp_path: Path, *args: str) -> tuple[dict, str, str]:
     """Run the dry run with a marker in its environment; (results.json, results.md, the marker)."""
     marker = uuid.uuid4().hex
     out = tmp_path / "out"
-    cmd = ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", "--out", str(out), "--python", sys.executable,
-           "--refenv", str(tmp_path / "no_refenv"), "--work", str(tmp_path / "work"), *args]
+    cmd = [
+        "bash",
+        str(ROOT / "benchmarks" / "gpu_check.sh"),
+        "--dry-run",
+        "--out",
+        str(out),
+        "--python",
+        sys.executable,
+        "--refenv",
+        str(tmp_path / "no_refenv"),
+        "--work",
+        str(tmp_path / "work"),
+        *args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "GPU_KIT_TEST": marker})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((out / "results.json").read_text()), (out / "results.md").read_text(), marker
@@ -81,9 +93,11 @@ def test_overrunning_stage_is_stopped_and_the_rest_still_reported(tmp_path):
 
 def make_wheel(path: Path, module: str, text: str) -> None:
     """A minimal pure-Python wheel (WHEEL, METADATA, RECORD with hashes) holding one module."""
-    files = {f"{module}/__init__.py": text.encode(),
-             f"{module}-1.0.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n".encode(),
-             f"{module}-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files = {
+        f"{module}/__init__.py": text.encode(),
+        f"{module}-1.0.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n".encode(),
+        f"{module}-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
     digest = {n: base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b"=").decode() for n, d in files.items()}
     record = "".join(f"{n},sha256={digest[n]},{len(d)}\n" for n, d in files.items()) + f"{module}-1.0.dist-info/RECORD,,\n"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
@@ -106,5 +120,5 @@ def test_lzma_recompressed_wheel_installs_offline_and_a_damaged_one_is_named(tmp
     assert (tmp_path / "site" / "kitdemo" / "__init__.py").read_text() == "VALUE = 'x' * 10_000\n"
     with open(wheel, "r+b") as f:  # a transfer cut short
         f.truncate(wheel.stat().st_size - 10)
-    with pytest.raises(SystemExit, match="damaged in transfer: kitdemo-1.0-py3-none-any.whl"):
+    with pytest.raises(SystemExit, match=r"damaged in transfer: kitdemo-1\.0-py3-none-any\.whl"):
         wheels.install(kit, tmp_path / "site2")

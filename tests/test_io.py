@@ -1,4 +1,3 @@
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -64,10 +63,9 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     from voxseg.io_utils import atomic_path, atomic_write_text
 
     atomic_write_text(tmp_path / "a.txt", "old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(tmp_path / "a.txt") as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "a.txt") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
     assert (tmp_path / "a.txt").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
 
@@ -79,5 +77,5 @@ def test_channels_must_share_a_grid(tmp_path):
     write_image(tmp_path / "c2.nii.gz", np.ones((4, 4, 5), np.float32), g)
     img, geom = read_case_images([tmp_path / "c0.nii.gz", tmp_path / "c1.nii.gz"])
     assert img.shape == (2, 4, 4, 4) and img.dtype == np.float32 and geom == g
-    with pytest.raises(DatasetError, match="c2.nii.gz"):
+    with pytest.raises(DatasetError, match=r"c2\.nii\.gz"):
         read_case_images([tmp_path / "c0.nii.gz", tmp_path / "c2.nii.gz"])

@@ -39,7 +39,10 @@ def store(tmp_path_factory) -> Store:
 
 
 def take(loader: PatchLoader, n: int) -> list[tuple]:
-    return [(b.image.clone(), b.seg.clone(), b.extra["edges"].clone(), b.case_ids, b.forced.clone(), b.weights.clone()) for b in islice(loader, n)]
+    return [
+        (b.image.clone(), b.seg.clone(), b.extra["edges"].clone(), b.case_ids, b.forced.clone(), b.weights.clone())
+        for b in islice(loader, n)
+    ]
 
 
 def same(a: list[tuple], b: list[tuple]) -> bool:
@@ -93,8 +96,15 @@ def augmenter(seed: int = 0) -> Augmenter:
 
 def make_augmenting(store: Store, workers: int, seed: int = 7) -> PatchLoader:
     settings = SamplingSettings(workers=workers, prefetch=2)
-    return PatchLoader(store, CaseSampler(store.case_ids()), patch_size=(8, 8, 8), batch_size=3,
-                       settings=settings, seed=seed, augmenter=augmenter())
+    return PatchLoader(
+        store,
+        CaseSampler(store.case_ids()),
+        patch_size=(8, 8, 8),
+        batch_size=3,
+        settings=settings,
+        seed=seed,
+        augmenter=augmenter(),
+    )
 
 
 def test_loader_side_augmentation_delivers_final_patches_for_any_worker_count(store):
@@ -112,8 +122,9 @@ def test_loader_side_augmentation_delivers_final_patches_for_any_worker_count(st
     # Labels stay labels: only class values, no padding sentinel without an ignore label.
     assert set(torch.cat([b[1].flatten() for b in ref]).unique().tolist()) <= {0, 1, 2}
     # The augmentation did something: the crops alone (same seed, same positions) differ.
-    with PatchLoader(store, CaseSampler(store.case_ids()), patch_size=(8, 8, 8), batch_size=3,
-                     settings=SamplingSettings(workers=0), seed=7) as plain:
+    with PatchLoader(
+        store, CaseSampler(store.case_ids()), patch_size=(8, 8, 8), batch_size=3, settings=SamplingSettings(workers=0), seed=7
+    ) as plain:
         crops = take(plain, 6)
     assert not torch.equal(crops[0][0], ref[0][0])
 
@@ -161,8 +172,13 @@ def test_2d_loader_from_the_3d_store_pads_labels_with_ignore(tmp_path):
     seg[4, 5, 6] = 1
     write_synthetic_case(tmp_path, "flat", seg, has_ignore=True)
     loader = build_loader(
-        tmp_path, ["flat"], SamplingSettings(workers=0, oversample_foreground=0.5),
-        patch_size=(8, 8), input_size=(10, 10), batch_size=2, has_ignore=True,
+        tmp_path,
+        ["flat"],
+        SamplingSettings(workers=0, oversample_foreground=0.5),
+        patch_size=(8, 8),
+        input_size=(10, 10),
+        batch_size=2,
+        has_ignore=True,
     )
     with loader:
         for batch in islice(loader, 50):
@@ -181,7 +197,9 @@ def test_slots_are_recycled_and_worker_errors_surface(store, tmp_path):
         src = store.root / name.replace("a", "case0", 1)
         (tmp_path / name).write_bytes(src.read_bytes())
     broken = Store(tmp_path)
-    with PatchLoader(broken, CaseSampler(["a"]), patch_size=(4, 4, 4), batch_size=1, settings=SamplingSettings(workers=1)) as loader:
+    with PatchLoader(
+        broken, CaseSampler(["a"]), patch_size=(4, 4, 4), batch_size=1, settings=SamplingSettings(workers=1)
+    ) as loader:
         (tmp_path / "a.npy").unlink()
         with pytest.raises(InputError, match=r"a\.npy.*voxseg preprocess"):
             next(loader)

@@ -224,8 +224,12 @@ def test_build_loss_with_deep_supervision_and_extra_heads():
     ]
     settings = LossSettings(class_weights=[0.5, 1.0, 2.0], batch_dice=False)
     loss = build_loss(
-        settings, heads, num_classes=3, class_weights=[0.5, 1.0, 2.0],
-        ds_scales=[[1, 1], [0.5, 0.5], [0.25, 0.25]], batch_dice=True,
+        settings,
+        heads,
+        num_classes=3,
+        class_weights=[0.5, 1.0, 2.0],
+        ds_scales=[[1, 1], [0.5, 0.5], [0.25, 0.25]],
+        batch_dice=True,
     )
     labels = [batch(shape=(s, s), seed=s)[1] for s in (16, 8, 4)]
     extra = [(lab > 0).to(torch.int16) for lab in labels]
@@ -236,17 +240,20 @@ def test_build_loss_with_deep_supervision_and_extra_heads():
     }
     out = loss(outputs, {"labels": labels, "vessels": extra})
     assert {"seg/ce", "seg/dice", "edge/loss", "vessels/loss"} <= set(out)
-    torch.testing.assert_close(
-        out["loss"], out["seg/loss"] + 0.5 * out["edge/loss"] + out["vessels/loss"]
-    )
+    torch.testing.assert_close(out["loss"], out["seg/loss"] + 0.5 * out["edge/loss"] + out["vessels/loss"])
     out["loss"].backward()
     assert outputs["seg"][2].grad is None or torch.all(outputs["seg"][2].grad == 0)
     seg = loss.losses["seg"]
     assert seg.loss.dice.batch_dice is False  # loss.batch_dice overrides the plan
     assert seg.weights == pytest.approx([2 / 3, 1 / 3, 0.0])
     with pytest.raises(SettingsError, match="2 values for 3 outputs"):
-        build_loss(LossSettings(deep_supervision_weights=[1, 1]), num_classes=3,
-                   class_weights=None, ds_scales=[[1], [0.5], [0.25]], batch_dice=True)
+        build_loss(
+            LossSettings(deep_supervision_weights=[1, 1]),
+            num_classes=3,
+            class_weights=None,
+            ds_scales=[[1], [0.5], [0.25]],
+            batch_dice=True,
+        )
 
 
 # --- derived targets -----------------------------------------------------------------------------
@@ -254,10 +261,7 @@ def test_build_loss_with_deep_supervision_and_extra_heads():
 
 def test_foreground_and_boundary_targets_keep_ignore():
     labels = torch.tensor(
-        [[0, 0, 0, 0, 0],
-         [0, 2, 2, 0, IGNORE],
-         [0, 2, 2, 0, IGNORE],
-         [1, 1, 1, 1, 1]], dtype=torch.int16
+        [[0, 0, 0, 0, 0], [0, 2, 2, 0, IGNORE], [0, 2, 2, 0, IGNORE], [1, 1, 1, 1, 1]], dtype=torch.int16
     ).reshape(1, 1, 4, 5)
     fg = foreground(labels)[0, 0]
     assert fg.tolist() == [[0, 0, 0, 0, 0], [0, 1, 1, 0, -1], [0, 1, 1, 0, -1], [1, 1, 1, 1, 1]]

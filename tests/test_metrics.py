@@ -39,7 +39,9 @@ def brute_force_surface(mask):
     return np.argwhere(surface)
 
 
-@pytest.mark.parametrize("axis,k,spacing", [(2, 2, (1.0, 1.0, 1.0)), (0, 2, (2.0, 1.0, 0.5)), (2, 3, (2.0, 1.0, 0.5)), (1, 1, (3.0, 0.7, 0.7))])
+@pytest.mark.parametrize(
+    "axis,k,spacing", [(2, 2, (1.0, 1.0, 1.0)), (0, 2, (2.0, 1.0, 0.5)), (2, 3, (2.0, 1.0, 0.5)), (1, 1, (3.0, 0.7, 0.7))]
+)
 def test_shifted_cubes(axis, k, spacing):
     shape, L = (24, 24, 24), 8
     shift = [0, 0, 0]

@@ -45,9 +45,7 @@ def test_output_shapes_with_deep_supervision_and_heads(architecture, dims):
         HeadSettings("edge", "boundary", deep_supervision=True),
         HeadSettings("fg", "foreground", loss="ce"),
     ]
-    net = build_network(
-        topology(dims), 2, 3, settings=ModelSettings(architecture=architecture), heads=heads
-    )
+    net = build_network(topology(dims), 2, 3, settings=ModelSettings(architecture=architecture), heads=heads)
     patch = (16,) * dims
     out = net(torch.randn(2, 2, *patch))
     assert shapes(out) == {
@@ -157,9 +155,7 @@ def test_registered_and_dotted_path_factories(tmp_path, monkeypatch):
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     heads = [HeadSettings("edge", "boundary", deep_supervision=True)]
-    net = build_network(
-        topology(2), 3, 5, settings=ModelSettings(architecture="my_nets:tiny"), heads=heads
-    )
+    net = build_network(topology(2), 3, 5, settings=ModelSettings(architecture="my_nets:tiny"), heads=heads)
     assert type(net).__name__ == "Tiny" and net.heads == {"edge": (1, True)}
     assert net(torch.randn(1, 3, 4, 4))["seg"][0].shape == (1, 5, 4, 4)
 
@@ -176,7 +172,7 @@ def test_bad_architecture_names_raise_settings_errors():
         build_network(topology(2), 1, 2, settings=ModelSettings(architecture="unet++"))
     with pytest.raises(SettingsError, match="cannot import"):
         build_network(topology(2), 1, 2, settings=ModelSettings(architecture="no_such_mod:f"))
-    with pytest.raises(SettingsError, match="has no .nope."):
+    with pytest.raises(SettingsError, match=r"has no .nope."):
         build_network(topology(2), 1, 2, settings=ModelSettings(architecture="math:nope"))
 
 
@@ -202,7 +198,7 @@ def test_head_settings_validation():
         HeadSettings("x", "extra:vessels", loss="ce").out_channels(3)
     assert HeadSettings("x", "labels", loss="dice_ce").out_channels(4) == 4
     assert HeadSettings("x", "boundary", loss="ce").out_channels(4) == 2
-    with pytest.raises(SettingsError, match="model.norm"):
+    with pytest.raises(SettingsError, match=r"model\.norm"):
         ModelSettings(norm="layer")
 
 

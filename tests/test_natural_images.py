@@ -25,7 +25,9 @@ def test_rgb_png_dataset_trains_predicts_and_evaluates(tmp_path):
     (work / "plans.json").write_text(json.dumps(plans))
     assert main(["preprocess", str(work), "-j", "1"]) == 0
     sets = ["training.epochs=1", "training.iterations_per_epoch=2", "training.val_iterations=1", "sampling.workers=0"]
-    assert main(["train", str(work), "2d", "0", "--device", "cpu", "--name", "rgb", *[a for s in sets for a in ("--set", s)]]) == 0
+    assert (
+        main(["train", str(work), "2d", "0", "--device", "cpu", "--name", "rgb", *[a for s in sets for a in ("--set", s)]]) == 0
+    )
     fold = work / "runs" / "2d__default__rgb" / "fold_0"
     assert sorted(p.suffix for p in (fold / "validation").glob("rgb_*.png")), "validation predictions are PNG"
     out = tmp_path / "pred"

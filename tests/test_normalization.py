@@ -13,9 +13,22 @@ from voxseg.preprocessing.normalize import normalize_channels
 STATS = {"mean": 50.0, "std": 10.0, "p00_5": 0.0, "p99_5": 100.0}
 
 
-@pytest.mark.parametrize("name, scheme", [("CT", "ct"), ("ct", "ct"), ("zscore", "zscore"), ("ZScore", "zscore"),
-                                          ("noNorm", "nonorm"), ("NONORM", "nonorm"), ("rescale_to_0_1", "rescale_to_0_1"),
-                                          ("RGB_to_0_1", "rgb_to_0_1"), ("T1", "zscore"), ("R", "zscore"), ("MRI", "zscore")])
+@pytest.mark.parametrize(
+    "name, scheme",
+    [
+        ("CT", "ct"),
+        ("ct", "ct"),
+        ("zscore", "zscore"),
+        ("ZScore", "zscore"),
+        ("noNorm", "nonorm"),
+        ("NONORM", "nonorm"),
+        ("rescale_to_0_1", "rescale_to_0_1"),
+        ("RGB_to_0_1", "rgb_to_0_1"),
+        ("T1", "zscore"),
+        ("R", "zscore"),
+        ("MRI", "zscore"),
+    ],
+)
 def test_channel_names_pick_nnunets_scheme(name, scheme):
     assert scheme_for_name(name) == scheme
 
@@ -36,8 +49,12 @@ def test_plan_normalization_uses_stats_crop_ratio_and_overrides():
 
 def test_each_scheme_on_known_arrays():
     image = np.stack([np.array([[-100, 0, 50, 200]], np.float32)] * 4)  # 4 channels, (1, 4) each
-    schemes = [Normalization("ct", mean=50.0, std=10.0, lower=0.0, upper=100.0), Normalization("zscore"),
-               Normalization("nonorm"), Normalization("rescale_to_0_1")]
+    schemes = [
+        Normalization("ct", mean=50.0, std=10.0, lower=0.0, upper=100.0),
+        Normalization("zscore"),
+        Normalization("nonorm"),
+        Normalization("rescale_to_0_1"),
+    ]
     out = normalize_channels(image.copy(), schemes)
     np.testing.assert_allclose(out[0], [[-5, -5, 0, 5]])
     x = np.array([-100, 0, 50, 200], np.float64)
@@ -86,9 +103,15 @@ def test_masked_zscore_normalises_zero_voxels_inside_the_filled_mask():
 def test_zscore_statistics_are_per_channel_and_only_masked_channels_use_the_mask():
     rng = np.random.default_rng(0)
     image = np.zeros((3, 8, 16, 16), np.float32)
-    image[:, 2:6, 4:12, 4:12] = rng.normal([[[[1000.0]]], [[[-5.0]]], [[[3.0]]]], [[[[200.0]]], [[[0.01]]], [[[2.0]]]], (3, 4, 8, 8))
+    image[:, 2:6, 4:12, 4:12] = rng.normal(
+        [[[[1000.0]]], [[[-5.0]]], [[[3.0]]]], [[[[200.0]]], [[[0.01]]], [[[2.0]]]], (3, 4, 8, 8)
+    )
     mask = image[0] != 0
-    schemes = [Normalization("zscore", use_nonzero_mask=True), Normalization("zscore", use_nonzero_mask=True), Normalization("zscore")]
+    schemes = [
+        Normalization("zscore", use_nonzero_mask=True),
+        Normalization("zscore", use_nonzero_mask=True),
+        Normalization("zscore"),
+    ]
     out = normalize_channels(image.copy(), schemes, mask)
     for c in (0, 1):  # inside the mask: mean 0, std 1 whatever the channel's scale; outside: 0
         assert out[c][mask].mean() == pytest.approx(0, abs=1e-4) and out[c][mask].std() == pytest.approx(1, rel=1e-4)
@@ -101,8 +124,9 @@ def test_zscore_statistics_are_per_channel_and_only_masked_channels_use_the_mask
 def test_zscore_of_a_constant_channel_or_an_empty_mask_is_zero_not_nan():
     flat = normalize_channels(np.full((1, 4, 4), 7.0, np.float32), [Normalization("zscore")])
     assert np.isfinite(flat).all() and (flat == 0).all()
-    empty = normalize_channels(np.ones((1, 4, 4), np.float32), [Normalization("zscore", use_nonzero_mask=True)],
-                               np.zeros((4, 4), bool))
+    empty = normalize_channels(
+        np.ones((1, 4, 4), np.float32), [Normalization("zscore", use_nonzero_mask=True)], np.zeros((4, 4), bool)
+    )
     assert np.isfinite(empty).all() and (empty == 0).all()
     with pytest.raises(ValueError, match="non-zero mask is required"):
         normalize_channels(np.ones((1, 4, 4), np.float32), [Normalization("zscore", use_nonzero_mask=True)])

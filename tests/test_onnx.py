@@ -24,8 +24,16 @@ onnx = pytest.importorskip("onnx", reason="onnx is not installed (the optional e
 
 @pytest.fixture(scope="module")
 def run(tiny_work):
-    settings = load_settings(None, ["training.epochs=1", "training.iterations_per_epoch=3", "training.val_iterations=0",
-                                    "training.final_validation=false", "sampling.workers=0"])
+    settings = load_settings(
+        None,
+        [
+            "training.epochs=1",
+            "training.iterations_per_epoch=3",
+            "training.val_iterations=0",
+            "training.final_validation=false",
+            "sampling.workers=0",
+        ],
+    )
     return train(tiny_work, "3d_fullres", "all", settings, device="cpu", name="onnx").parent
 
 
@@ -107,7 +115,10 @@ def test_cli_backend_onnx_and_its_errors(run, onnx_zip, demo_dataset, tmp_path, 
 
     assert main(["export", str(run), "-o", str(tmp_path / "plain.zip")]) == 0
     capsys.readouterr()
-    for model, message in ((tmp_path / "plain.zip", "the zip holds no ONNX networks"), (run, "no ONNX network beside the checkpoint")):
+    for model, message in (
+        (tmp_path / "plain.zip", "the zip holds no ONNX networks"),
+        (run, "no ONNX network beside the checkpoint"),
+    ):
         assert main(["predict", "-m", str(model), "-o", str(tmp_path / "x"), "--backend", "onnx", *common]) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err and "--onnx" in err

@@ -20,8 +20,13 @@ from voxseg.model.checkpoint import load_checkpoint
 from voxseg.training.run import train
 from voxseg.training.settings import load_settings
 
-QUICK = ["training.epochs=1", "training.iterations_per_epoch=1", "training.val_iterations=0", "training.final_validation=false",
-         "sampling.workers=0"]
+QUICK = [
+    "training.epochs=1",
+    "training.iterations_per_epoch=1",
+    "training.val_iterations=0",
+    "training.final_validation=false",
+    "sampling.workers=0",
+]
 RULE = {"keep_largest_foreground": True, "foreground_labels": [1, 2], "keep_largest_per_class": []}
 
 
@@ -46,7 +51,9 @@ def model_zip(run, tmp_path_factory) -> Path:
 
 
 def _predict(models, images: Path, out: Path, *extra: str) -> dict[str, bytes]:
-    assert main(["predict", "-m", *map(str, models), "-i", str(images), "-o", str(out), "--device", "cpu", "--no-tta", *extra]) == 0
+    assert (
+        main(["predict", "-m", *map(str, models), "-i", str(images), "-o", str(out), "--device", "cpu", "--no-tta", *extra]) == 0
+    )
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
 
@@ -69,7 +76,10 @@ def test_zip_and_installed_folder_predict_exactly_what_the_run_folder_predicts(r
     assert "predict with: voxseg predict -m" in capsys.readouterr().out
     assert _predict([tmp_path / "installed"], images, tmp_path / "inst", "--save-probabilities") == reference
     # every packed model is an ordinary run folder too
-    assert _predict([tmp_path / "installed" / "models" / run.name], images, tmp_path / "inst_run", "--save-probabilities") == reference
+    assert (
+        _predict([tmp_path / "installed" / "models" / run.name], images, tmp_path / "inst_run", "--save-probabilities")
+        == reference
+    )
     assert package_postprocessing(model_zip) == RULE  # the rule travelled with the zip (and was applied: same bytes)
 
     with pytest.raises(ValueError, match="already holds an installed model"):
@@ -90,9 +100,15 @@ def test_manifest_records_versions_checksums_folds_and_classes(run, model_zip):
     assert manifest["classes"]["labels"] == {"background": 0, "organ": 1, "lesion": 2}
     entry = manifest["models"][run.name]
     assert entry["folds"] == ["0", "1"] and entry["postprocessing"] and entry["source"] == str(run.resolve())
-    assert set(members) == set(manifest["files"]) == {
-        "dataset.json", f"models/{run.name}/postprocessing.json",
-        *(f"models/{run.name}/fold_{f}/checkpoint_final.pt" for f in ("0", "1"))}
+    assert (
+        set(members)
+        == set(manifest["files"])
+        == {
+            "dataset.json",
+            f"models/{run.name}/postprocessing.json",
+            *(f"models/{run.name}/fold_{f}/checkpoint_final.pt" for f in ("0", "1")),
+        }
+    )
     for name, data in members.items():
         assert manifest["files"][name] == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     assert json.loads(members["dataset.json"])["labels"] == {"background": 0, "organ": 1, "lesion": 2}
@@ -118,23 +134,32 @@ def _damaged(kind: str, model_zip: Path, target: Path, run_name: str) -> Path:
         target.write_bytes(model_zip.read_bytes()[: model_zip.stat().st_size // 2])
         return target
     if kind == "newer format":
-        return _rewrite(model_zip, target, change={MANIFEST: json.dumps({**manifest, "format_version": FORMAT_VERSION + 1}).encode()})
+        return _rewrite(
+            model_zip, target, change={MANIFEST: json.dumps({**manifest, "format_version": FORMAT_VERSION + 1}).encode()}
+        )
     return _rewrite(model_zip, target, drop=MANIFEST)  # "no manifest"
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("flipped byte", "fails its checksum"),
-    ("missing member", "member(s) missing"),
-    ("truncated", "not a voxseg model zip"),
-    ("newer format", f"in model format {FORMAT_VERSION + 1}; this voxseg"),
-    ("no manifest", "no manifest.json"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("flipped byte", "fails its checksum"),
+        ("missing member", "member(s) missing"),
+        ("truncated", "not a voxseg model zip"),
+        ("newer format", f"in model format {FORMAT_VERSION + 1}; this voxseg"),
+        ("no manifest", "no manifest.json"),
+    ],
+)
 def test_damaged_or_newer_zip_is_a_one_line_error(kind, message, run, model_zip, demo_dataset, tmp_path, capsys):
     broken = _damaged(kind, model_zip, tmp_path / "broken.zip", run.name)
     capsys.readouterr()
-    code = main(["predict", "-m", str(broken), "-i", str(demo_dataset / "imagesTs"), "-o", str(tmp_path / "out"), "--device", "cpu"])
+    code = main(
+        ["predict", "-m", str(broken), "-i", str(demo_dataset / "imagesTs"), "-o", str(tmp_path / "out"), "--device", "cpu"]
+    )
     err = capsys.readouterr().err.strip()
-    assert code == 1 and len(err.splitlines()) == 1 and err.startswith(f"error: {broken}: ") and message in err and "(fix: " in err
+    assert (
+        code == 1 and len(err.splitlines()) == 1 and err.startswith(f"error: {broken}: ") and message in err and "(fix: " in err
+    )
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     assert main(["install", str(broken), "-o", str(tmp_path / "installed")]) == 1
     assert not (tmp_path / "installed").exists() and not list(tmp_path.glob(".installed.installing-*"))
@@ -187,7 +212,9 @@ def test_region_based_run_round_trips(tmp_path):
     work = tmp_path / "work"
     assert main(["plan", str(raw), "-o", str(work), "--configs", "3d_fullres", "--patch-size", "16,32,32", "-j", "1"]) == 0
     plans = json.loads((work / "plans.json").read_text())
-    plans["configurations"]["3d_fullres"]["network"]["features"] = [8, 16, 32, 32][: len(plans["configurations"]["3d_fullres"]["network"]["features"])]
+    plans["configurations"]["3d_fullres"]["network"]["features"] = [8, 16, 32, 32][
+        : len(plans["configurations"]["3d_fullres"]["network"]["features"])
+    ]
     (work / "plans.json").write_text(json.dumps(plans))
     assert main(["preprocess", str(work), "-j", "1"]) == 0
     regions = _train(work, "all", "regions")
@@ -206,7 +233,9 @@ def test_imported_nnunet_model_and_an_ensemble_round_trip(run, demo_dataset, tmp
 
     plans = nnunet_plans()
     state, _ = nnunet_state(plans)
-    imported = import_nnunet(write_model(tmp_path / "nnUNetTrainer__nnUNetPlans__3d_fullres", plans, state), tmp_path / "imported").run_dir
+    imported = import_nnunet(
+        write_model(tmp_path / "nnUNetTrainer__nnUNetPlans__3d_fullres", plans, state), tmp_path / "imported"
+    ).run_dir
     assert main(["export", str(imported), str(run), "-o", str(tmp_path / "ensemble.zip")]) == 0
     with zipfile.ZipFile(tmp_path / "ensemble.zip") as zf:
         manifest = json.loads(zf.read(MANIFEST))
@@ -214,10 +243,13 @@ def test_imported_nnunet_model_and_an_ensemble_round_trip(run, demo_dataset, tmp
     assert manifest["predict"] == ["imported", run.name]
     assert manifest["models"]["imported"]["inference"] == "nnunet" and manifest["models"][run.name]["inference"] == "voxseg"
     images = demo_dataset / "imagesTs"
-    assert _predict([tmp_path / "ensemble.zip"], images, tmp_path / "zip") == _predict([imported, run], images, tmp_path / "folders")
+    assert _predict([tmp_path / "ensemble.zip"], images, tmp_path / "zip") == _predict(
+        [imported, run], images, tmp_path / "folders"
+    )
     # one model of a zip: MODEL.zip/models/NAME (as a cascade's previous stage is loaded)
-    assert (_predict([tmp_path / "ensemble.zip" / "models" / "imported"], images, tmp_path / "one")
-            == _predict([imported], images, tmp_path / "one_folder"))
+    assert _predict([tmp_path / "ensemble.zip" / "models" / "imported"], images, tmp_path / "one") == _predict(
+        [imported], images, tmp_path / "one_folder"
+    )
 
 
 def test_cascade_packs_its_previous_stage(run, demo_dataset, tmp_path):
@@ -235,11 +267,18 @@ def test_cascade_packs_its_previous_stage(run, demo_dataset, tmp_path):
     spec = NetworkSpec.from_plan(plan, "3d_cascade_fullres")
     assert spec.in_channels == 3, "image + one-hot previous-stage channels"
     torch.manual_seed(0)
-    cascade_meta = {**meta, "plan": plan.to_json(), "config_name": "3d_cascade_fullres", "network_spec": spec.to_json(),
-                    "previous_stage": {"run_dir": str(previous), "config": "3d_fullres"}}
+    cascade_meta = {
+        **meta,
+        "plan": plan.to_json(),
+        "config_name": "3d_cascade_fullres",
+        "network_spec": spec.to_json(),
+        "previous_stage": {"run_dir": str(previous), "config": "3d_fullres"},
+    }
     cascade = tmp_path / "cascade"
-    save_checkpoint(cascade / "fold_0" / "checkpoint_final.pt",
-                    {"trainer": {"network": build_from_spec(spec, deep_supervision=False).state_dict()}, "meta": cascade_meta})
+    save_checkpoint(
+        cascade / "fold_0" / "checkpoint_final.pt",
+        {"trainer": {"network": build_from_spec(spec, deep_supervision=False).state_dict()}, "meta": cascade_meta},
+    )
     images = demo_dataset / "imagesTs"
     reference = _predict([cascade], images, tmp_path / "folder", "--save-probabilities")
 
@@ -249,7 +288,10 @@ def test_cascade_packs_its_previous_stage(run, demo_dataset, tmp_path):
         manifest = json.loads(zf.read(MANIFEST))
         packed = torch.load(io.BytesIO(zf.read("models/cascade/fold_0/checkpoint_final.pt")), weights_only=False)
     assert manifest["predict"] == ["cascade"] and manifest["models"]["cascade"]["previous_stage"] == "lowres"
-    assert manifest["models"]["lowres"]["folds"] == ["0", "1"] and manifest["configurations"] == ["3d_cascade_fullres", "3d_fullres"]
+    assert manifest["models"]["lowres"]["folds"] == ["0", "1"] and manifest["configurations"] == [
+        "3d_cascade_fullres",
+        "3d_fullres",
+    ]
     assert packed["meta"]["previous_stage"] == {"run_dir": "../lowres", "config": "3d_fullres"}
     # the previous stage's rule travels with it; as from folders, only the predicting model's own rule is applied
     assert manifest["models"]["lowres"]["postprocessing"] and package_postprocessing(tmp_path / "cascade.zip") is None

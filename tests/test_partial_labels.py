@@ -25,8 +25,9 @@ def test_marginal_ce_merges_unannotated_classes_into_background():
     assert math.isclose(float(got), -math.log(p[0] + p[1] + p[3]), rel_tol=1e-6)
     assert math.isclose(float(CELoss()(logits, background)["loss"]), -math.log(p[0]), rel_tol=1e-6)
     lesion = torch.full((1, 1, 1, 1), 2)
-    assert math.isclose(float(CELoss()(logits, lesion, annotated=annotated)["loss"]), -math.log(p[2]), rel_tol=1e-6), \
+    assert math.isclose(float(CELoss()(logits, lesion, annotated=annotated)["loss"]), -math.log(p[2]), rel_tol=1e-6), (
         "an annotated class keeps its own probability"
+    )
 
 
 def test_marginal_dice_counts_only_annotated_classes():
@@ -104,11 +105,13 @@ def test_dataset_store_and_loader_know_what_each_case_annotates(partial_work):
     partial = store.open("demo_000")
     assert "1" not in partial.locations, "sampling can never force a patch onto the unannotated organ"
     assert "1" in store.open("demo_003").locations
-    loader = build_loader(store.root, ["demo_000", "demo_003"], SamplingSettings(workers=0), patch_size=(16, 32, 32), batch_size=2)
+    loader = build_loader(
+        store.root, ["demo_000", "demo_003"], SamplingSettings(workers=0), patch_size=(16, 32, 32), batch_size=2
+    )
     try:
         for _ in range(5):
             batch = next(loader)
-            for cid, row, forced, seg in zip(batch.case_ids, batch.annotated.tolist(), batch.forced.tolist(), batch.seg):
+            for cid, row, _forced, seg in zip(batch.case_ids, batch.annotated.tolist(), batch.forced.tolist(), batch.seg):
                 assert row == ([True, False, True] if cid == "demo_000" else [True, True, True])
                 if cid == "demo_000":
                     assert not (seg == 1).any()
@@ -121,9 +124,9 @@ def test_verify_checks_annotated_classes(partial_work, tmp_path):
     import shutil
 
     from voxseg.data.io import read_image, write_image
+    from voxseg.data.spec import load_dataset
     from voxseg.data.verify import verify_dataset
     from voxseg.errors import DatasetError
-    from voxseg.data.spec import load_dataset
 
     raw = tmp_path / "raw"
     shutil.copytree(partial_work[0], raw)

@@ -51,8 +51,8 @@ def test_pooling_stops_at_4_voxels_and_kernel_1_on_coarse_axis():
     for stride in topo.strides:
         sizes = [s // st for s, st in zip(sizes, stride)]
     assert all(s >= 4 for s in sizes)
-    assert topo.strides[1] == (1, 2, 2)          # z waits until in-plane spacing catches up
-    assert topo.kernel_sizes[0] == (1, 3, 3)     # z is 4x coarser: kernel 1
+    assert topo.strides[1] == (1, 2, 2)  # z waits until in-plane spacing catches up
+    assert topo.kernel_sizes[0] == (1, 3, 3)  # z is 4x coarser: kernel 1
     assert topo.kernel_sizes[-1] == (3, 3, 3)
     assert all(p % d == 0 for p, d in zip(topo.patch_size, topo.divisor))
     assert topo.divisor == tuple(math.prod(s[a] for s in topo.strides) for a in range(3))
@@ -69,8 +69,9 @@ def test_network_dict_features_capped_and_builds():
 
 
 def _problem(gb: float, **overrides) -> _Problem:
-    return _Problem((1.0, 0.8, 0.8), (200, 512, 512), 200 * 512 * 512 * 100.0, 1, 3,
-                    PlannerOptions(gpu_memory_gb=gb, **overrides))
+    return _Problem(
+        (1.0, 0.8, 0.8), (200, 512, 512), 200 * 512 * 512 * 100.0, 1, 3, PlannerOptions(gpu_memory_gb=gb, **overrides)
+    )
 
 
 def test_patch_and_batch_monotone_in_budget_and_fit():
@@ -82,7 +83,9 @@ def test_patch_and_batch_monotone_in_budget_and_fit():
         assert cfg.memory["estimate_bytes"] <= gb * 1e9
         prev_voxels = voxels
     for gb in (4, 8, 16):  # 2D: patch clipped to the image, batch grows with the budget
-        cfg = plan_configuration(_Problem((0.8, 0.8), (256, 256), 1e12, 1, 3, PlannerOptions(gpu_memory_gb=gb)), 2, batch_dice=True)
+        cfg = plan_configuration(
+            _Problem((0.8, 0.8), (256, 256), 1e12, 1, 3, PlannerOptions(gpu_memory_gb=gb)), 2, batch_dice=True
+        )
         assert cfg.patch_size == [256, 256] and cfg.batch_size > prev_batch
         prev_batch = cfg.batch_size
 

@@ -17,8 +17,16 @@ from voxseg.training.settings import load_settings
 
 @pytest.fixture(scope="module")
 def trained(tiny_work):
-    settings = load_settings(None, ["training.epochs=1", "training.iterations_per_epoch=2", "training.val_iterations=0",
-                                    "training.final_validation=false", "sampling.workers=0"])
+    settings = load_settings(
+        None,
+        [
+            "training.epochs=1",
+            "training.iterations_per_epoch=2",
+            "training.val_iterations=0",
+            "training.final_validation=false",
+            "sampling.workers=0",
+        ],
+    )
     return train(tiny_work, "3d_fullres", "all", settings, device="cpu", name="predictor").parent
 
 

@@ -38,8 +38,9 @@ def _independent(image, spacing, target, plan):
     norm = plan.normalization[0]
     x = (np.clip(image[0], norm.lower, norm.upper) - norm.mean) / norm.std
     shape = [int(round(s * sp / t)) for s, sp, t in zip(x.shape, spacing, target)]
-    inplane = np.stack([ndimage.zoom(sl, (shape[1] / x.shape[1], shape[2] / x.shape[2]), order=3,
-                                     mode="nearest", grid_mode=True) for sl in x])
+    inplane = np.stack(
+        [ndimage.zoom(sl, (shape[1] / x.shape[1], shape[2] / x.shape[2]), order=3, mode="nearest", grid_mode=True) for sl in x]
+    )
     z = np.clip(np.floor((np.arange(shape[0]) + 0.5) * x.shape[0] / shape[0]).astype(int), 0, x.shape[0] - 1)
     return inplane[z]
 
@@ -52,7 +53,10 @@ def test_plan_file_layout(work):
     assert full["dims"] == 3 and len(full["spacing"]) == 3 and full["batch_size"] >= 2
     assert plans["configurations"]["2d"]["spacing"] == full["spacing"][1:]
     assert (work / "dataset.json").is_file() and (work / "fingerprint.json").is_file()
-    assert sorted(c for s in json.loads((work / "splits.json").read_text()) for c in s["val"]) == load_dataset(plans["dataset_path"]).case_ids
+    assert (
+        sorted(c for s in json.loads((work / "splits.json").read_text()) for c in s["val"])
+        == load_dataset(plans["dataset_path"]).case_ids
+    )
 
 
 @pytest.mark.parametrize("config", ["3d_fullres", "2d"])
@@ -95,9 +99,9 @@ def test_restore_inverts_preprocessing(work, demo_dataset):
 def test_resume_after_deleted_and_half_written_case(work):
     root = store_dir(work, "3d_fullres")
     before = np.load(root / "demo_002.npy")
-    (root / "demo_002.json").unlink()                      # unfinished case
-    (root / "demo_002.npy").write_bytes(b"\x93NUMPY half")   # half-written array
-    (root / ".demo_003.abc.tmp.npy").write_bytes(b"junk")   # temp file of an interrupted write
+    (root / "demo_002.json").unlink()  # unfinished case
+    (root / "demo_002.npy").write_bytes(b"\x93NUMPY half")  # half-written array
+    (root / ".demo_003.abc.tmp.npy").write_bytes(b"junk")  # temp file of an interrupted write
     written = preprocess_dataset(work, ["3d_fullres"], workers=1, progress=False)
     assert written == {"3d_fullres": 1}
     np.testing.assert_array_equal(np.load(root / "demo_002.npy"), before)
@@ -152,7 +156,23 @@ def test_cli_override_that_cannot_fit_is_one_error_line(work, demo_dataset, tmp_
 
     parser = argparse.ArgumentParser()
     cli_plan.register(parser.add_subparsers())
-    args = parser.parse_args(["plan", str(demo_dataset), "-o", str(work), "--configs", "3d_fullres",
-                              "--patch-size", "16,32,32", "--batch-size", "100000", "--gpu-memory", "1", "-j", "1"])
+    args = parser.parse_args(
+        [
+            "plan",
+            str(demo_dataset),
+            "-o",
+            str(work),
+            "--configs",
+            "3d_fullres",
+            "--patch-size",
+            "16,32,32",
+            "--batch-size",
+            "100000",
+            "--gpu-memory",
+            "1",
+            "-j",
+            "1",
+        ]
+    )
     with pytest.raises(PlanError, match="over the 1 GB budget"):
         args.func(args)

@@ -77,7 +77,23 @@ def test_a_terminal_gets_a_tqdm_bar():
 
 def test_cli_output_to_a_log_file_has_no_carriage_returns(demo_dataset, tmp_path):
     # stderr is a pipe here, as in a batch job's log: tqdm's \r redraws would pile up in one line.
-    out = subprocess.run([sys.executable, "-m", "voxseg", "plan", str(demo_dataset), "-o", str(tmp_path / "work"),
-                          "--configs", "3d_fullres", "-j", "1"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "voxseg",
+            "plan",
+            str(demo_dataset),
+            "-o",
+            str(tmp_path / "work"),
+            "--configs",
+            "3d_fullres",
+            "-j",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "\r" not in out.stderr and "\r" not in out.stdout

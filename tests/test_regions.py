@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from voxseg.data.io import Geometry, read_image
 from voxseg.data.labels import IGNORE
 from voxseg.inference.ensemble import ensemble_files, load_probabilities, save_probabilities
 from voxseg.inference.postprocess import apply_postprocessing, find_postprocessing
-from voxseg.data.io import Geometry, read_image
 from voxseg.losses import LossSettings, build_loss
 from voxseg.losses.regions import RegionDiceBCELoss
 from voxseg.model.outputs import OutputScheme
@@ -138,15 +138,34 @@ def test_region_dataset_trains_predicts_and_saves_one_channel_per_region(tmp_pat
     (work / "plans.json").write_text(json.dumps(plans))
     assert main(["preprocess", str(work), "-j", "1"]) == 0
     sets = ["training.epochs=1", "training.iterations_per_epoch=2", "training.val_iterations=1", "sampling.workers=0"]
-    assert main(["train", str(work), "3d_fullres", "0", "--device", "cpu", "--name", "r", *[a for s in sets for a in ("--set", s)]]) == 0
+    assert (
+        main(["train", str(work), "3d_fullres", "0", "--device", "cpu", "--name", "r", *[a for s in sets for a in ("--set", s)]])
+        == 0
+    )
     fold = work / "runs" / "3d_fullres__default__r" / "fold_0"
     log = [json.loads(line) for line in (fold / "log.jsonl").read_text().splitlines()]
     assert {"train/seg/bce", "val/dice/whole", "val/dice/lesion"} <= set(log[0])
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     assert set(summary["mean"]) == {"(1, 2)", "2"}, "evaluated per region"
     out = tmp_path / "pred"
-    assert main(["predict", "-m", str(fold.parent), "-i", str(raw / "imagesTs"), "-o", str(out), "--device", "cpu",
-                 "--no-tta", "--save-probabilities"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "-m",
+                str(fold.parent),
+                "-i",
+                str(raw / "imagesTs"),
+                "-o",
+                str(out),
+                "--device",
+                "cpu",
+                "--no-tta",
+                "--save-probabilities",
+            ]
+        )
+        == 0
+    )
     seg, _ = read_image(out / "demo_004.nii.gz")
     probs, _, order = load_probabilities(out / "demo_004.npz")
     assert probs.shape == (2, *seg.shape) and order == (1, 2)

@@ -30,9 +30,22 @@ def run_dir(tmp_path_factory):
     fold.mkdir(parents=True)
     with (fold / "log.jsonl").open("w") as f:
         for e in range(12):
-            f.write(json.dumps({"epoch": e, "train/loss": 1 / (e + 1), "val/loss": 1.2 / (e + 1) + 0.05, "val/dice/liver": 1 - 0.5 / (e + 1),
-                                "val/dice/tumour": 0.8 - 0.6 / (e + 1), "lr": 0.01 * (1 - e / 12) ** 0.9, "epoch_time": 30 + e % 3,
-                                "data_wait": 0.5, "note": "text is skipped"}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "epoch": e,
+                        "train/loss": 1 / (e + 1),
+                        "val/loss": 1.2 / (e + 1) + 0.05,
+                        "val/dice/liver": 1 - 0.5 / (e + 1),
+                        "val/dice/tumour": 0.8 - 0.6 / (e + 1),
+                        "lr": 0.01 * (1 - e / 12) ** 0.9,
+                        "epoch_time": 30 + e % 3,
+                        "data_wait": 0.5,
+                        "note": "text is skipped",
+                    }
+                )
+                + "\n"
+            )
         f.write('{"epoch": 12, "train/lo')  # torn line of a run still going
     (fold / "settings.yaml").write_text("training:\n  epochs: 12\n  optimizer: sgd  # <b>escaped</b>\n")
     images, labels, preds = tmp_path / "imagesTr", tmp_path / "labelsTr", fold / "validation"
@@ -49,8 +62,9 @@ def run_dir(tmp_path_factory):
         write_image(labels / f"case{i}.nrrd", ref, GEOMETRY)
         write_image(preds / f"case{i}.nrrd", pred, GEOMETRY)
         write_image(images / f"case{i}_0000.nrrd", (ref * 40 + rng.normal(0, 10, ref.shape)).astype(np.float32), GEOMETRY)
-    (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "tumour": 2},
-                                                       "file_ending": ".nrrd"}))
+    (tmp_path / "dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "tumour": 2}, "file_ending": ".nrrd"})
+    )
     evaluate_folders(preds, labels, tmp_path / "dataset.json", progress=False)
     return tmp_path / "run"
 
@@ -83,7 +97,7 @@ def test_report_without_images_and_from_a_summary_file(run_dir, tmp_path):
 
 
 def test_bad_inputs_and_cli(run_dir, tmp_path, capsys):
-    with pytest.raises(InputError, match="no log.jsonl"):
+    with pytest.raises(InputError, match=r"no log\.jsonl"):
         build_report([run_dir.parent / "imagesTr"], tmp_path / "x.html")
     with pytest.raises(NotFoundError, match="not found"):
         build_report([run_dir], tmp_path / "x.html", images_dir=tmp_path / "missing")
@@ -101,10 +115,22 @@ def test_chromium_renders_a_non_blank_page(report, tmp_path):
 
     out = report
     shot = tmp_path / "shot.png"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars", "--window-size=1280,2400",
-           f"--screenshot={shot}", out.as_uri()]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--hide-scrollbars",
+        "--window-size=1280,2400",
+        f"--screenshot={shot}",
+        out.as_uri(),
+    ]
     subprocess.run(cmd, check=True, timeout=120, capture_output=True)
     pixels = matplotlib.image.imread(shot)[..., :3]
     assert pixels.shape[0] >= 1000 and pixels.shape[1] >= 1000

@@ -29,19 +29,37 @@ def locations_of(seg: np.ndarray, has_ignore: bool) -> dict[str, np.ndarray]:
     return locs
 
 
-def write_synthetic_case(root: Path, case_id: str, seg: np.ndarray, *, has_ignore: bool = False, channels: int = 1, extra: dict | None = None) -> None:
+def write_synthetic_case(
+    root: Path, case_id: str, seg: np.ndarray, *, has_ignore: bool = False, channels: int = 1, extra: dict | None = None
+) -> None:
     """Image = voxel index (so a crop's position can be read back from its values), labels as given."""
     shape = seg.shape
     image = np.stack([np.arange(np.prod(shape), dtype=np.float32).reshape(shape) + 1 + c for c in range(channels)])
     counts = {str(k): int((seg == k).sum()) for k in np.unique(seg) if k > 0}
-    write_case(root, case_id, image, seg[None].astype(np.int8), {"class_voxel_counts": counts}, locations_of(seg[None], has_ignore), extra)
+    write_case(
+        root,
+        case_id,
+        image,
+        seg[None].astype(np.int8),
+        {"class_voxel_counts": counts},
+        locations_of(seg[None], has_ignore),
+        extra,
+    )
 
 
 # -- settings ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "field, value",
-    [("oversample_foreground", 1.5), ("center_jitter", -0.1), ("weight_cap", 0.5), ("weight_floor", 2.0),
-     ("adaptive_momentum", 1.0), ("workers", -1), ("prefetch", 0), ("class_probabilities", {0: 1.0})],
+    [
+        ("oversample_foreground", 1.5),
+        ("center_jitter", -0.1),
+        ("weight_cap", 0.5),
+        ("weight_floor", 2.0),
+        ("adaptive_momentum", 1.0),
+        ("workers", -1),
+        ("prefetch", 0),
+        ("class_probabilities", {0: 1.0}),
+    ],
 )
 def test_bad_settings_raise_settings_error_naming_the_field(field, value):
     with pytest.raises(SettingsError, match=f"sampling.{field}"):
@@ -132,8 +150,10 @@ def test_missing_and_unknown_case_ids_are_named(tmp_path):
     for i in range(2):
         write_synthetic_case(tmp_path / "store", f"c{i}", np.zeros((4, 4, 4), np.int8))
     (tmp_path / "w.json").write_text(json.dumps({"c0": 1, "typo7": 2}))
-    with pytest.raises(SettingsError, match="c1.*typo7") as err:
-        CaseSampler.from_settings(SamplingSettings(case_weights=str(tmp_path / "w.json")), Store(tmp_path / "store"), ["c0", "c1"])
+    with pytest.raises(SettingsError, match=r"c1.*typo7") as err:
+        CaseSampler.from_settings(
+            SamplingSettings(case_weights=str(tmp_path / "w.json")), Store(tmp_path / "store"), ["c0", "c1"]
+        )
     assert err.value.path == str(tmp_path / "w.json")
     with pytest.raises(SettingsError, match="not found"):
         CaseSampler.from_settings(SamplingSettings(case_weights=str(tmp_path / "nope.csv")), Store(tmp_path / "store"), ["c0"])
@@ -146,7 +166,9 @@ def test_foreground_rarity_gives_every_class_equal_mass(tmp_path):
         for k in classes:
             seg[k, k, k] = k
         write_synthetic_case(tmp_path, cid, seg)
-    s = CaseSampler.from_settings(SamplingSettings(case_weights="foreground_rarity", weight_floor=0.0, weight_cap=5), Store(tmp_path), list(segs))
+    s = CaseSampler.from_settings(
+        SamplingSettings(case_weights="foreground_rarity", weight_floor=0.0, weight_cap=5), Store(tmp_path), list(segs)
+    )
     # class 2 (only in "a") gets as much mass as class 1 (in a..d); "e" has no foreground.
     assert s.probabilities[0] == pytest.approx(0.5 + 0.125)
     assert np.allclose(s.probabilities[1:4], 0.125) and s.probabilities[4] == 0
@@ -234,7 +256,12 @@ def test_crop_reads_the_right_voxels_and_pads_outside_the_image(tmp_path):
     seg = np.zeros((6, 7, 8), np.int8)
     seg[2, 3, 4] = 1
     write_synthetic_case(tmp_path / "a", "small", seg)
-    write_synthetic_case(tmp_path / "b", "small", np.where(np.arange(8) < 4, 0, IGNORE).astype(np.int8) * np.ones((6, 7, 8), np.int8), has_ignore=True)
+    write_synthetic_case(
+        tmp_path / "b",
+        "small",
+        np.where(np.arange(8) < 4, 0, IGNORE).astype(np.int8) * np.ones((6, 7, 8), np.int8),
+        has_ignore=True,
+    )
     expected = np.arange(6 * 7 * 8, dtype=np.float32).reshape(6, 7, 8) + 1
     for root, has_ignore in (("a", False), ("b", True)):
         case = Store(tmp_path / root).open("small")
@@ -246,12 +273,12 @@ def test_crop_reads_the_right_voxels_and_pads_outside_the_image(tmp_path):
             choice = sampler.choose(case, forced, rng)
             sampler.crop(case, choice, image, labels)
             lo = sampler.input_lower(choice)
-            inside = tuple(slice(-l, -l + s) for l, s in zip(lo, (6, 7, 8)))
+            inside = tuple(slice(-low, -low + s) for low, s in zip(lo, (6, 7, 8)))
             assert np.array_equal(image[0][inside], expected)
             assert image.sum() == expected.sum()  # everything else is 0
             assert (labels == (IGNORE if has_ignore else 0)).sum() >= labels.size - np.prod((6, 7, 8))
             # The image (smaller than the patch) lies wholly inside the final patch.
-            assert all(s - p <= l <= 0 for l, s, p in zip(choice.lower, (6, 7, 8), (8, 8, 8)))
+            assert all(s - p <= low <= 0 for low, s, p in zip(choice.lower, (6, 7, 8), (8, 8, 8)))
 
 
 def test_unforced_patches_with_ignore_label_are_never_all_ignore(tmp_path):

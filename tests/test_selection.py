@@ -46,8 +46,9 @@ def _fake_run(work: Path, name: str, predictions: dict[str, np.ndarray]) -> Path
 def work(tmp_path):
     raw = tmp_path / "raw"
     (raw / "labelsTr").mkdir(parents=True)
-    (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1},
-                                                  "file_ending": ".nii.gz"}))
+    (raw / "dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1}, "file_ending": ".nii.gz"})
+    )
     refs = {f"case{i}": _reference(i) for i in range(4)}
     for cid, ref in refs.items():
         write_image(raw / "labelsTr" / f"{cid}.nii.gz", ref, G)
@@ -69,8 +70,11 @@ def test_select_ranks_runs_and_ensembles_with_postprocessing(work):
     text = select_best(work)
     result = json.loads((work / "selection.json").read_text())
     names = [r["candidate"] for r in result["ranking"]]
-    assert set(names) == {"3d_fullres__default__a", "3d_cascade_fullres__default__b",
-                          "3d_cascade_fullres__default__b + 3d_fullres__default__a"}, "runs, the cascade and their ensemble"
+    assert set(names) == {
+        "3d_fullres__default__a",
+        "3d_cascade_fullres__default__b",
+        "3d_cascade_fullres__default__b + 3d_fullres__default__a",
+    }, "runs, the cascade and their ensemble"
     assert result["best"] == "3d_fullres__default__a"
     best = result["ranking"][0]
     assert best["dice_postprocessed"] == pytest.approx(1.0) and best["dice"] < 1.0, "post-processing removes the specks"

@@ -8,7 +8,14 @@ from voxseg.training.settings import Settings, load_settings, settings_from_dict
 def test_defaults_are_nnunets():
     s = Settings()
     t = s.training
-    assert (t.epochs, t.iterations_per_epoch, t.val_iterations, t.learning_rate(False), t.momentum, t.weight_decay) == (1000, 250, 50, 1e-2, 0.99, 3e-5)
+    assert (t.epochs, t.iterations_per_epoch, t.val_iterations, t.learning_rate(False), t.momentum, t.weight_decay) == (
+        1000,
+        250,
+        50,
+        1e-2,
+        0.99,
+        3e-5,
+    )
     assert t.learning_rate(fine_tuning=True) == 1e-3 and t.warmup_epochs == 0 and t.freeze_encoder_epochs == 0
     assert t.nesterov and t.poly_exponent == 0.9 and t.grad_clip == 12 and t.checkpoint_every is None
     assert s.sampling.oversample_foreground == 0.33

@@ -21,8 +21,15 @@ def test_every_setting_has_a_help_text_and_every_group_a_page():
     for g in groups:
         assert g.page and (DOCS / g.page).is_file(), g.name
     keys = {s.key for g in groups for s in g.settings}
-    assert {"training.epochs", "sampling.oversample_foreground", "augmentation.gamma_p", "loss.class_weights",
-            "model.architecture", "heads[].target", "logging.tensorboard"} <= keys
+    assert {
+        "training.epochs",
+        "sampling.oversample_foreground",
+        "augmentation.gamma_p",
+        "loss.class_weights",
+        "model.architecture",
+        "heads[].target",
+        "logging.tensorboard",
+    } <= keys
 
 
 def test_docs_settings_md_is_generated_from_the_code():
@@ -75,8 +82,11 @@ def test_commands_and_flags_in_the_docs_exist():
                 if name not in commands:  # prose ("voxseg reads ...")
                     continue
                 flags = {o for a in commands[name]._actions for o in a.option_strings} | global_flags
-                wrong += [f"{page.name}:{n}: voxseg {name} has no {f}" for f in re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", rest)
-                          if f not in flags]
+                wrong += [
+                    f"{page.name}:{n}: voxseg {name} has no {f}"
+                    for f in re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", rest)
+                    if f not in flags
+                ]
     assert wrong == []
 
 

@@ -68,10 +68,13 @@ def test_schema_errors_name_the_key(demo_dataset, tmp_path, change, phrase):
     assert "dataset.json" in str(e.value) and e.value.fix
 
 
-@pytest.mark.parametrize("text, key", [
-    ('{"labels": {"background": 0, "organ": 1, "organ": 2}', "organ"),
-    ('{"file_ending": ".nii.gz", "file_ending": ".nrrd"', "file_ending"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ('{"labels": {"background": 0, "organ": 1, "organ": 2}', "organ"),
+        ('{"file_ending": ".nii.gz", "file_ending": ".nrrd"', "file_ending"),
+    ],
+)
 def test_duplicate_keys_anywhere_are_an_error(demo_dataset, tmp_path, text, key):
     root = shutil.copytree(demo_dataset, tmp_path / "ds")
     original = (root / "dataset.json").read_text()
@@ -89,7 +92,10 @@ def test_explicit_listing_resolves_paths_as_nnunet(demo_dataset, tmp_path, monke
     monkeypatch.setenv("VOXSEG_TEST_SOURCE", str(tmp_path / "source"))
     meta["dataset"] = {
         "rel": {"images": ["../source/imagesTr/demo_000_0000.nii.gz"], "label": "../source/labelsTr/demo_000.nii.gz"},
-        "var": {"images": ["$VOXSEG_TEST_SOURCE/imagesTr/demo_001_0000.nii.gz"], "label": "$VOXSEG_TEST_SOURCE/labelsTr/demo_001.nii.gz"},
+        "var": {
+            "images": ["$VOXSEG_TEST_SOURCE/imagesTr/demo_001_0000.nii.gz"],
+            "label": "$VOXSEG_TEST_SOURCE/labelsTr/demo_001.nii.gz",
+        },
     }
     (root / "dataset.json").write_text(json.dumps(meta))
     spec = load_dataset(root)  # no imagesTr/ at all: the listing is the dataset
@@ -115,5 +121,5 @@ def test_unsupported_file_ending_is_one_error(demo_dataset, tmp_path):
     root = shutil.copytree(demo_dataset, tmp_path / "ds")
     meta = json.loads((root / "dataset.json").read_text())
     (root / "dataset.json").write_text(json.dumps({**meta, "file_ending": ".dcm"}))
-    with pytest.raises(DatasetError, match="'.dcm' is not a supported format"):
+    with pytest.raises(DatasetError, match=r"'\.dcm' is not a supported format"):
         load_dataset(root)

@@ -26,13 +26,26 @@ def test_tensorboard_holds_every_number_of_the_log_and_the_overlays(tiny_work):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run = train(tiny_work, "3d_fullres", "0", quick("logging.tensorboard=true", "logging.images_every=2"), device="cpu", name="tb")
+    run = train(
+        tiny_work, "3d_fullres", "0", quick("logging.tensorboard=true", "logging.images_every=2"), device="cpu", name="tb"
+    )
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     log = read_log(run / "log.jsonl")
     expected = {k for record in log for k in scalars_of(record)}
-    assert {"lr", "train/loss", "train/seg/ce", "train/seg/dice", "val/loss", "val/dice/organ", "val/mean_dice",
-            "val/ema_dice", "epoch_time", "data_wait", "s_per_iteration"} <= expected
+    assert {
+        "lr",
+        "train/loss",
+        "train/seg/ce",
+        "train/seg/dice",
+        "val/loss",
+        "val/dice/organ",
+        "val/mean_dice",
+        "val/ema_dice",
+        "epoch_time",
+        "data_wait",
+        "s_per_iteration",
+    } <= expected
     assert set(events.Tags()["scalars"]) == expected
     for key in expected:
         logged = [(r["epoch"], r[key]) for r in log if isinstance(r.get(key), (int, float))]
@@ -66,7 +79,9 @@ class FakeTracker:
 def test_a_backend_gets_every_epoch_through_the_interface(tiny_work, monkeypatch):
     opened = []
     # "json" is always importable: the fake stands in for W&B's package and its server.
-    monkeypatch.setitem(tracking.BACKENDS, "wandb", Backend("json", "-", lambda s, run: opened.append(FakeTracker(run)) or opened[-1]))
+    monkeypatch.setitem(
+        tracking.BACKENDS, "wandb", Backend("json", "-", lambda s, run: opened.append(FakeTracker(run)) or opened[-1])
+    )
     settings = quick("logging.wandb=true", "logging.images_every=1", "logging.images=1", "logging.project=demo-project")
     run = train(tiny_work, "3d_fullres", "0", settings, device="cpu", name="fake")
     (fake,) = opened
@@ -81,21 +96,38 @@ def test_a_backend_gets_every_epoch_through_the_interface(tiny_work, monkeypatch
     assert fake.closed == 1
 
 
-@pytest.mark.parametrize("name, package, install", [("tensorboard", "tensorboard", "pip install 'voxseg[tensorboard]'"),
-                                                     ("mlflow", "mlflow", "pip install mlflow"),
-                                                     ("wandb", "wandb", "pip install wandb")])
+@pytest.mark.parametrize(
+    "name, package, install",
+    [
+        ("tensorboard", "tensorboard", "pip install 'voxseg[tensorboard]'"),
+        ("mlflow", "mlflow", "pip install mlflow"),
+        ("wandb", "wandb", "pip install wandb"),
+    ],
+)
 def test_a_backend_whose_package_is_missing_is_one_settings_error(monkeypatch, name, package, install):
     monkeypatch.setitem(sys.modules, package, None)  # as if not installed, whatever this machine has
     with pytest.raises(SettingsError) as e:
         requested_backends(LoggingSettings(**{name: True}))
-    assert e.value.one_line() == (f"logging.{name}=true needs the '{package}' package, which is not installed "
-                                  f"(fix: {install}, or set logging.{name}=false)")
+    assert e.value.one_line() == (
+        f"logging.{name}=true needs the '{package}' package, which is not installed (fix: {install}, or set logging.{name}=false)"
+    )
 
 
 def test_train_stops_before_the_first_epoch_when_a_tracker_is_missing(tiny_work, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "mlflow", None)
-    args = ["train", str(tiny_work), "3d_fullres", "0", "--device", "cpu", "--name", "no-mlflow", "--set", "logging.mlflow=true",
-            *[a for s in QUICK for a in ("--set", s)]]
+    args = [
+        "train",
+        str(tiny_work),
+        "3d_fullres",
+        "0",
+        "--device",
+        "cpu",
+        "--name",
+        "no-mlflow",
+        "--set",
+        "logging.mlflow=true",
+        *[a for s in QUICK for a in ("--set", s)],
+    ]
     assert main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: logging.mlflow=true needs the 'mlflow' package") and len(err) == 1
@@ -106,9 +138,12 @@ def test_logging_settings_are_checked():
     assert requested_backends(LoggingSettings()) == []
     with pytest.raises(SettingsError, match="did you mean 'tensorboard'"):
         load_settings(None, ["logging.tensorbord=true"])
-    with pytest.raises(SettingsError, match="logging.images_every=-1 must be >= 0"):
+    with pytest.raises(SettingsError, match=r"logging\.images_every=-1 must be >= 0"):
         load_settings(None, ["logging.images_every=-1"])
-    assert scalars_of({"epoch": 2, "lr": 0.01, "val/dice/lesion": None, "flag": True, "n": np.float32(0.5)}) == {"lr": 0.01, "n": 0.5}
+    assert scalars_of({"epoch": 2, "lr": 0.01, "val/dice/lesion": None, "flag": True, "n": np.float32(0.5)}) == {
+        "lr": 0.01,
+        "n": 0.5,
+    }
     # Tracking does not change what is trained: same run folder name, so --resume finds the run.
     assert load_settings(None, ["logging.tensorboard=true", "logging.images=4"]).digest() == load_settings(None, []).digest()
     assert load_settings(None, ["training.epochs=5"]).digest() != load_settings(None, []).digest()

@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -33,14 +34,37 @@ def quick(*extra: str, epochs: int = 1):
 
 
 def test_run_folder_contents_and_log(tiny_work):
-    run = train_fold(tiny_work, "3d_fullres", "0", quick("training.final_validation=true", epochs=2), device="cpu", name="contents")
-    for name in ("settings.yaml", "run.json", "log.jsonl", "progress.png", "sampling_stats.json", "class_weights.json",
-                 "checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt", "validation/summary.json"):
+    run = train_fold(
+        tiny_work, "3d_fullres", "0", quick("training.final_validation=true", epochs=2), device="cpu", name="contents"
+    )
+    for name in (
+        "settings.yaml",
+        "run.json",
+        "log.jsonl",
+        "progress.png",
+        "sampling_stats.json",
+        "class_weights.json",
+        "checkpoint_latest.pt",
+        "checkpoint_best.pt",
+        "checkpoint_final.pt",
+        "validation/summary.json",
+    ):
         assert (run / name).is_file(), name
     log = read_log(run / "log.jsonl")
     assert [r["epoch"] for r in log] == [0, 1]
-    for key in ("lr", "train/loss", "train/seg/ce", "train/seg/dice", "val/loss", "val/dice/organ", "val/dice/lesion",
-                "val/ema_dice", "epoch_time", "data_wait", "data_wait_share"):
+    for key in (
+        "lr",
+        "train/loss",
+        "train/seg/ce",
+        "train/seg/dice",
+        "val/loss",
+        "val/dice/organ",
+        "val/dice/lesion",
+        "val/ema_dice",
+        "epoch_time",
+        "data_wait",
+        "data_wait_share",
+    ):
         assert key in log[-1], key
     assert log[1]["lr"] < log[0]["lr"], "poly schedule decays"
     stats = json.loads((run / "sampling_stats.json").read_text())
@@ -92,8 +116,10 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny_work):
         train(tiny_work, "3d_fullres", "0", quick(), device="cpu", name="never-trained", resume=True)
 
 
-@pytest.mark.parametrize("spec, logged", [("weighted_ce_trainer.py:WeightedCETrainer", "train/seg/ce"),
-                                          ("two_output_trainer.py:TwoOutputTrainer", "train/fg/bce")])
+@pytest.mark.parametrize(
+    "spec, logged",
+    [("weighted_ce_trainer.py:WeightedCETrainer", "train/seg/ce"), ("two_output_trainer.py:TwoOutputTrainer", "train/fg/bce")],
+)
 def test_example_trainers_run_and_predict(tiny_work, tmp_path, demo_dataset, spec, logged):
     run = train(tiny_work, "3d_fullres", "0", quick(), trainer=str(EXAMPLES / spec), device="cpu")
     assert logged in read_log(run / "log.jsonl")[0]
@@ -107,7 +133,7 @@ def test_example_trainers_run_and_predict(tiny_work, tmp_path, demo_dataset, spe
 class RecordingTrainer(Trainer):
     """Remembers what the loader delivered and what the network was given."""
 
-    seen: list = []
+    seen: ClassVar[list] = []
 
     def train_step(self, batch):
         tb = self.prepare(batch, self.augmenter)
@@ -118,8 +144,15 @@ class RecordingTrainer(Trainer):
 @pytest.mark.parametrize("where, in_loader", [("auto", True), ("loader", True), ("device", False)])
 def test_augmentation_runs_where_the_setting_says(tiny_work, where, in_loader):
     RecordingTrainer.seen = []
-    train(tiny_work, "3d_fullres", "0", quick(f"augmentation.where={where}", "sampling.workers=1"),
-          trainer=RecordingTrainer, device="cpu", name=f"where-{where}")
+    train(
+        tiny_work,
+        "3d_fullres",
+        "0",
+        quick(f"augmentation.where={where}", "sampling.workers=1"),
+        trainer=RecordingTrainer,
+        device="cpu",
+        name=f"where-{where}",
+    )
     from voxseg.plans import load_plans
 
     patch = tuple(load_plans(tiny_work).configuration("3d_fullres").patch_size)
@@ -134,8 +167,8 @@ def test_augmentation_runs_where_the_setting_says(tiny_work, where, in_loader):
 class ShapeRecorder(Trainer):
     """Keeps the loader's training batches and the shapes going into and out of the network."""
 
-    batches: list = []
-    shapes: list = []
+    batches: ClassVar[list] = []
+    shapes: ClassVar[list] = []
 
     def train_step(self, batch):
         ShapeRecorder.batches.append((batch.image.numpy().copy(), list(batch.case_ids)))
@@ -207,10 +240,29 @@ class RankRecorder(Trainer):
 @pytest.mark.slow
 def test_ddp_two_cpu_ranks(tiny_work, tmp_path):
     (tmp_path / "rank_recorder.py").write_text(RANK_RECORDER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "voxseg", "train",
-           str(tiny_work), "3d_fullres", "0", "--device", "cpu", "--name", "ddp", "--trainer", f"{tmp_path / 'rank_recorder.py'}:RankRecorder",
-           *[a for s in [*QUICK, "training.epochs=1", "training.batch_size=4"] for a in ("--set", s)]]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "voxseg",
+        "train",
+        str(tiny_work),
+        "3d_fullres",
+        "0",
+        "--device",
+        "cpu",
+        "--name",
+        "ddp",
+        "--trainer",
+        f"{tmp_path / 'rank_recorder.py'}:RankRecorder",
+        *[a for s in [*QUICK, "training.epochs=1", "training.batch_size=4"] for a in ("--set", s)],
+    ]
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     run = tiny_work / "runs" / "3d_fullres__RankRecorder__ddp" / "fold_0"
     log = read_log(run / "log.jsonl")

@@ -68,7 +68,9 @@ def break_undeclared_label(root):
 def break_spacing(root):
     from voxseg.data.io import Geometry
 
-    _rewrite(root / "labelsTr/demo_002.nii.gz", lambda a, g: (a, Geometry(tuple(s * 1.5 for s in g.spacing), g.origin, g.direction)))
+    _rewrite(
+        root / "labelsTr/demo_002.nii.gz", lambda a, g: (a, Geometry(tuple(s * 1.5 for s in g.spacing), g.origin, g.direction))
+    )
     return "demo_002.nii.gz", "spacing"
 
 
@@ -132,9 +134,9 @@ def test_each_broken_variant_is_reported(ds, breaker, capsys):
     before = snapshot(ds)
     assert main(["verify", str(ds), "-j", "1"]) == 1
     out = capsys.readouterr().out
-    lines = [l for l in out.splitlines() if phrase in l]
+    lines = [line for line in out.splitlines() if phrase in line]
     assert lines, f"no line mentions {phrase!r}:\n{out}"
-    assert any(filename in l and "(fix:" in l for l in lines), out
+    assert any(filename in line and "(fix:" in line for line in lines), out
     assert snapshot(ds) == before, "verify must never write into the dataset folder"
 
 
@@ -155,6 +157,7 @@ def test_missing_folder_is_one_line_error(tmp_path, capsys):
 
 # ---------------------------------------------------------------- other formats and dataset-level problems
 
+
 def natural_dataset(root: Path, ending: str = ".png", cases: int = 3, rgb: bool = True) -> Path:
     """Road-segmentation-like: one RGB CASE_0000 file per case, 0/1 greyscale PNG labels."""
     from PIL import Image
@@ -171,8 +174,11 @@ def natural_dataset(root: Path, ending: str = ".png", cases: int = 3, rgb: bool 
         label[4:8, 5:12] = 1
         Image.fromarray(label).save(root / "labelsTr" / f"c{i}{label_file_ending(ending)}")
     channels = {"0": "R", "1": "G", "2": "B"} if rgb else {"0": "grey"}
-    (root / "dataset.json").write_text(json.dumps({"channel_names": channels, "labels": {"background": 0, "road": 1},
-                                                   "numTraining": cases, "file_ending": ending}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {"channel_names": channels, "labels": {"background": 0, "road": 1}, "numTraining": cases, "file_ending": ending}
+        )
+    )
     return root
 
 
@@ -188,8 +194,11 @@ def tiff_dataset(root: Path, cases: int = 2) -> Path:
         tifffile.imwrite(root / "labelsTr" / f"c{i}.tif", (rng.random((6, 12, 14)) > 0.7).astype(np.uint8))
         for folder in ("imagesTr", "labelsTr"):
             (root / folder / f"c{i}.json").write_text('{"spacing": [3.0, 0.5, 0.5]}')
-    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "EM"}, "labels": {"background": 0, "cell": 1},
-                                                   "numTraining": cases, "file_ending": ".tif"}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {"channel_names": {"0": "EM"}, "labels": {"background": 0, "cell": 1}, "numTraining": cases, "file_ending": ".tif"}
+        )
+    )
     return root
 
 
@@ -201,8 +210,11 @@ def volume_dataset(root: Path, ending: str, cases: int = 2) -> Path:
     for i in range(cases):
         write_image(root / f"imagesTr/c{i}_0000{ending}", rng.normal(size=(6, 16, 16)).astype(np.float32), geometry)
         write_image(root / f"labelsTr/c{i}{ending}", (rng.random((6, 16, 16)) > 0.5).astype(np.uint8), geometry)
-    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MR"}, "labels": {"background": 0, "a": 1},
-                                                   "numTraining": cases, "file_ending": ending}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {"channel_names": {"0": "MR"}, "labels": {"background": 0, "a": 1}, "numTraining": cases, "file_ending": ending}
+        )
+    )
     return root
 
 
@@ -210,8 +222,11 @@ def _lines(root: Path) -> list[str]:
     return [str(p) for p in verify_dataset(root, workers=1, progress=False)]
 
 
-@pytest.mark.parametrize("make", [natural_dataset, lambda r: natural_dataset(r, ".jpg"), lambda r: natural_dataset(r, ".bmp", rgb=False), tiff_dataset],
-                         ids=["png", "jpg", "bmp", "tif3d"])
+@pytest.mark.parametrize(
+    "make",
+    [natural_dataset, lambda r: natural_dataset(r, ".jpg"), lambda r: natural_dataset(r, ".bmp", rgb=False), tiff_dataset],
+    ids=["png", "jpg", "bmp", "tif3d"],
+)
 def test_other_formats_verify_clean(tmp_path, make):
     root = make(tmp_path / "ds")
     assert _lines(root) == []
@@ -230,7 +245,7 @@ def test_rgb_case_is_one_file_with_three_channels(tmp_path):
 
 def _only_line(root: Path, phrase: str, filename: str) -> str:
     lines = _lines(root)
-    hits = [l for l in lines if phrase in l]
+    hits = [line for line in lines if phrase in line]
     assert len(hits) == 1 and filename in hits[0] and "(fix:" in hits[0], "\n".join(lines)
     return hits[0]
 
@@ -303,7 +318,9 @@ def test_missing_labels_folder_is_one_line(ds):
 
 
 def test_explicit_dataset_list_ignores_unlisted_files(ds):
-    listing = {f"case{i}": {"images": [f"imagesTr/demo_00{i}_0000.nii.gz"], "label": f"labelsTr/demo_00{i}.nii.gz"} for i in (1, 2)}
+    listing = {
+        f"case{i}": {"images": [f"imagesTr/demo_00{i}_0000.nii.gz"], "label": f"labelsTr/demo_00{i}.nii.gz"} for i in (1, 2)
+    }
     _edit_json(ds, dataset=listing, numTraining=2)
     (ds / "imagesTr/notes.txt").write_text("not an image")
     shutil.copy(ds / "labelsTr/demo_000.nii.gz", ds / "labelsTr/orphan.nii.gz")
@@ -315,7 +332,9 @@ def test_explicit_dataset_list_ignores_unlisted_files(ds):
 
 
 def test_dataset_json_problems_are_one_line(ds):
-    (ds / "dataset.json").write_text((ds / "dataset.json").read_text().replace('"labels"', '"labels": {"background": 0}, "labels"', 1))
+    (ds / "dataset.json").write_text(
+        (ds / "dataset.json").read_text().replace('"labels"', '"labels": {"background": 0}, "labels"', 1)
+    )
     (line,) = _lines(ds)
     assert "duplicate key 'labels'" in line
     meta = json.loads((ds / "dataset.json").read_text().replace('"labels": {"background": 0}, ', "", 1))

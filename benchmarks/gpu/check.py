@@ -16,9 +16,11 @@ every stage, so a killed run still leaves what it measured; each stage's output 
 voxseg runs from the project tree (src/ on PYTHONPATH, after WORK/site): the tree that travels is
 the code under test, and nothing has to be built on the host.
 """
+
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -57,10 +59,8 @@ def kill_group(proc: subprocess.Popen) -> None:
         except ProcessLookupError:
             return
         if sig == signal.SIGTERM:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
 
 
 def run_child(cmd: list[str], env: dict[str, str], timeout: float, log_path: Path) -> tuple[int | None, str]:
@@ -95,9 +95,15 @@ class Check:
         self.refenv = (a.refenv or default_refenv).resolve()
         self.site: Path | None = None
         self.stages = [s for s in STAGES if s in a.stages] if a.stages else list(STAGES)
-        self.results: dict = {"mode": self.mode, "profile": dataclasses.asdict(self.profile), "budget_s": self.budget,
-                              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "work": str(self.work),
-                              "info": {}, "stages": {}}
+        self.results: dict = {
+            "mode": self.mode,
+            "profile": dataclasses.asdict(self.profile),
+            "budget_s": self.budget,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "work": str(self.work),
+            "info": {},
+            "stages": {},
+        }
         (self.out / "log.txt").write_text("")
 
     def left(self) -> float:
@@ -154,14 +160,27 @@ class Check:
         self.site = site
         info = json.loads(last)
         manifest = json.loads((self.wheels / wheels.MANIFEST).read_text())
-        self.results["info"]["wheels"] = f"{info['wheels']} ({info['bytes'] / 2**20:.1f} MiB, for Python {manifest['python_version']})"
+        self.results["info"]["wheels"] = (
+            f"{info['wheels']} ({info['bytes'] / 2**20:.1f} MiB, for Python {manifest['python_version']})"
+        )
         return {"status": "ok", "metrics": info, "notes": []}
 
     def child(self, stage: str) -> dict:
         result_path = self.work / "results" / f"{stage}.json"
         result_path.unlink(missing_ok=True)
-        cmd = [sys.executable, str(HERE / "stages.py"), stage, "--profile", self.mode, "--work", str(self.work),
-               "--result", str(result_path), "--refenv", str(self.refenv)]
+        cmd = [
+            sys.executable,
+            str(HERE / "stages.py"),
+            stage,
+            "--profile",
+            self.mode,
+            "--work",
+            str(self.work),
+            "--result",
+            str(result_path),
+            "--refenv",
+            str(self.refenv),
+        ]
         timeout = min(self.profile.limit(stage).max_s, self.left() - RESERVE_S)
         rc, tail = run_child(cmd, self.env(), timeout, self.work / "logs" / f"{stage}.log")
         self.log(tail, echo=False)
@@ -197,9 +216,19 @@ class Check:
 
 
 def _info(env: dict) -> dict:
-    keys = {"gpu": "gpu", "gpu_memory_gb": "GPU memory GB", "nvidia_smi": "nvidia-smi", "machine": "machine",
-            "python": "python", "torch": "torch", "torch_cuda": "CUDA (torch)", "cudnn": "cuDNN", "nccl": "NCCL",
-            "voxseg_autocast": "voxseg autocast", "pkg_voxseg": "voxseg"}
+    keys = {
+        "gpu": "gpu",
+        "gpu_memory_gb": "GPU memory GB",
+        "nvidia_smi": "nvidia-smi",
+        "machine": "machine",
+        "python": "python",
+        "torch": "torch",
+        "torch_cuda": "CUDA (torch)",
+        "cudnn": "cuDNN",
+        "nccl": "NCCL",
+        "voxseg_autocast": "voxseg autocast",
+        "pkg_voxseg": "voxseg",
+    }
     return {label: env[k] for k, label in keys.items() if env.get(k) is not None}
 
 
@@ -209,11 +238,19 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--wheels", type=Path, default=None, help="folder made by gpu_check.sh --prepare")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (kept); default: a temporary one, removed")
-    ap.add_argument("--refenv", type=Path, default=None, help="nnU-Net reference env (default: made in WORK on a GPU "
-                    "host; benchmarks/.refenv in a dry run)")
+    ap.add_argument(
+        "--refenv",
+        type=Path,
+        default=None,
+        help="nnU-Net reference env (default: made in WORK on a GPU host; benchmarks/.refenv in a dry run)",
+    )
     ap.add_argument("--budget-s", type=float, default=None, help="total wall-time budget (run: 480, dry: 300)")
-    ap.add_argument("--stages", type=lambda s: [x for x in s.split(",") if x], default=None,
-                    help=f"comma-separated subset of {','.join(STAGES)}")
+    ap.add_argument(
+        "--stages",
+        type=lambda s: [x for x in s.split(",") if x],
+        default=None,
+        help=f"comma-separated subset of {','.join(STAGES)}",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
     a = ap.parse_args()
     unknown = set(a.stages or ()) - set(STAGES)

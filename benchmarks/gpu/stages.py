@@ -10,6 +10,7 @@ whose input is missing either rebuilds it (our store, a fallback model for predi
 skipped; it never stops the stages after it. Result: ``{"status": "ok" | "failed: ..." |
 "skipped: ...", "metrics": {...}, "notes": [...]}``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]
-import common  # noqa: E402  (benchmarks/ is not a package)
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # benchmarks/ is not a package
+import common  # noqa: E402
 from profiles import COMPILE_OFF, COMPILE_ON, PROFILES, KitProfile  # noqa: E402
 
 DATASET = "Dataset901_VoxsegDemo"
@@ -89,16 +90,39 @@ def stage_env(ctx: Ctx) -> dict:
 
     import torch
 
-    out: dict = {"python": platform.python_version(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-                 "torch": torch.__version__, "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available()}
+    out: dict = {
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+    }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        out.update(gpu=props.name, gpu_count=torch.cuda.device_count(), gpu_memory_gb=round(props.total_memory / 2**30, 1),
-                   capability=f"{props.major}.{props.minor}", bf16=torch.cuda.is_bf16_supported(),
-                   cudnn=torch.backends.cudnn.version(), nccl=_nccl_version())
+        out.update(
+            gpu=props.name,
+            gpu_count=torch.cuda.device_count(),
+            gpu_memory_gb=round(props.total_memory / 2**30, 1),
+            capability=f"{props.major}.{props.minor}",
+            bf16=torch.cuda.is_bf16_supported(),
+            cudnn=torch.backends.cudnn.version(),
+            nccl=_nccl_version(),
+        )
     problems = []
-    for name in ("voxseg", "numpy", "scipy", "SimpleITK", "nibabel", "cc3d", "yaml", "matplotlib", "tqdm", "PIL",
-                 "tifffile", "triton"):
+    for name in (
+        "voxseg",
+        "numpy",
+        "scipy",
+        "SimpleITK",
+        "nibabel",
+        "cc3d",
+        "yaml",
+        "matplotlib",
+        "tqdm",
+        "PIL",
+        "tifffile",
+        "triton",
+    ):
         try:
             module = importlib.import_module(name)
             out[f"pkg_{name}"] = str(getattr(module, "__version__", "?"))
@@ -107,8 +131,12 @@ def stage_env(ctx: Ctx) -> dict:
             if name != "triton" or ctx.device == "cuda":  # triton: torch.compile on a GPU
                 problems.append(f"cannot import {name}")
     if shutil.which("nvidia-smi"):
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
-                              "--format=csv,noheader"], capture_output=True, text=True, check=False)
+        smi = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         out["nvidia_smi"] = smi.stdout.strip() if smi.returncode == 0 else f"failed: {smi.stderr.strip()[:200]}"
     try:
         from voxseg.device import autocast_dtype, resolve_device
@@ -156,9 +184,15 @@ def stage_data(ctx: Ctx) -> dict:
         (ctx.raw / sub).mkdir(exist_ok=True)
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda i: _write_ct_case(ctx.raw, i, p.ct_shape, p.ct_spacing), range(2)))
-    return {"train_cases": p.cases, "train_size_range": list(p.size_range), "ct_cases": 2,
-            "ct_shape": "x".join(map(str, p.ct_shape)), "ct_spacing": list(p.ct_spacing),
-            "train_data_s": train_s, "ct_data_s": time.perf_counter() - start - train_s}
+    return {
+        "train_cases": p.cases,
+        "train_size_range": list(p.size_range),
+        "ct_cases": 2,
+        "ct_shape": "x".join(map(str, p.ct_shape)),
+        "ct_spacing": list(p.ct_spacing),
+        "train_data_s": train_s,
+        "ct_data_s": time.perf_counter() - start - train_s,
+    }
 
 
 def ensure_store(ctx: Ctx) -> float:
@@ -219,10 +253,14 @@ def stage_train(ctx: Ctx) -> dict:
         step_ms=result["ms_per_it"] * (1 - result["data_wait_share"]),
         warmup_s=steps[p.warmup - 1][1] - steps[0][0] if p.warmup else None,
         predicted_gpu_mb=predicted / 2**20 if predicted else None,
-        loss=_last_loss(model), plan=result.get("plan"),
-        precision=settings["training"]["precision"], compile=settings["training"]["compile"],
+        loss=_last_loss(model),
+        plan=result.get("plan"),
+        precision=settings["training"]["precision"],
+        compile=settings["training"]["compile"],
         augmentation_where=settings["augmentation"]["where"],
-        iterations=p.iterations, warmup=p.warmup, workers=p.workers,
+        iterations=p.iterations,
+        warmup=p.warmup,
+        workers=p.workers,
     )
     if metrics["peak_gpu_mb"] and metrics["predicted_gpu_mb"]:
         metrics["peak_over_predicted"] = metrics["peak_gpu_mb"] / metrics["predicted_gpu_mb"]
@@ -241,9 +279,12 @@ def stage_augment(ctx: Ctx) -> dict:
     from voxseg.augment.config import AugmentationSettings
 
     p, device = ctx.profile, torch.device(ctx.device)
-    return {f"ms_per_batch_{'x'.join(map(str, patch))}":
-            bench_augment.time_augmenter(AugmentationSettings(), tuple(patch), device, p.augment_batches)
-            for patch in p.augment_patches}
+    return {
+        f"ms_per_batch_{'x'.join(map(str, patch))}": bench_augment.time_augmenter(
+            AugmentationSettings(), tuple(patch), device, p.augment_batches
+        )
+        for patch in p.augment_patches
+    }
 
 
 def stage_memory(ctx: Ctx) -> dict:
@@ -253,8 +294,9 @@ def stage_memory(ctx: Ctx) -> dict:
 
     p = ctx.profile
     spacing, median = p.memory_problem
-    rows = calibrate_memory.budget_rows(list(p.memory_budgets_gb), torch.device(ctx.device), spacing=spacing,
-                                        median_shape=median, steps=p.memory_steps)
+    rows = calibrate_memory.budget_rows(
+        list(p.memory_budgets_gb), torch.device(ctx.device), spacing=spacing, median_shape=median, steps=p.memory_steps
+    )
     out: dict = {"problem": f"median {'x'.join(map(str, median))} at {list(spacing)} mm, 3 classes", "rows": rows}
     if all(r["measured"] is not None for r in rows) and len(rows) >= 2:
         out["refit_activation_scale"], out["refit_constant_bytes"] = calibrate_memory.refit(rows)
@@ -286,8 +328,16 @@ def stage_predict(ctx: Ctx) -> dict:
     wall = time.perf_counter() - start
     stats = json.loads(printed.strip().splitlines()[-1])
     cases = bench_predict.held_out_cases(raw)
-    metrics = {"whole_command_s": wall, "cases": cases, "s_per_case": wall / cases, "tta": True, "model": source,
-               "stage_s": stats["stage_s"], "peak_gpu_mb": stats["peak_gpu_mb"], "peak_rss_mb": stats["peak_rss_mb"]}
+    metrics = {
+        "whole_command_s": wall,
+        "cases": cases,
+        "s_per_case": wall / cases,
+        "tta": True,
+        "model": source,
+        "stage_s": stats["stage_s"],
+        "peak_gpu_mb": stats["peak_gpu_mb"],
+        "peak_rss_mb": stats["peak_rss_mb"],
+    }
     if stats["not_instrumented"]:
         ctx.notes.append(f"not timed (renamed?): {', '.join(stats['not_instrumented'])}")
     mismatched = []
@@ -312,22 +362,46 @@ def stage_ddp(ctx: Ctx) -> dict:
     ensure_store(ctx)
     gpus = torch.cuda.device_count() if ctx.device == "cuda" else 0
     ranks = 2 if ctx.device == "cpu" or gpus >= 2 else 1
-    sets = ["training.epochs=1", f"training.iterations_per_epoch={p.ddp_iterations}", "training.val_iterations=0",
-            "training.final_validation=false", f"sampling.workers={p.workers}", f"training.batch_size={p.batch}",
-            COMPILE_OFF]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", "-m", "voxseg",
-           "train", str(ctx.ours), CONFIG, "all", "--device", ctx.device, "--name", "ddp",
-           *[a for s in sets for a in ("--set", s)]]
+    sets = [
+        "training.epochs=1",
+        f"training.iterations_per_epoch={p.ddp_iterations}",
+        "training.val_iterations=0",
+        "training.final_validation=false",
+        f"sampling.workers={p.workers}",
+        f"training.batch_size={p.batch}",
+        COMPILE_OFF,
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={ranks}",
+        "-m",
+        "voxseg",
+        "train",
+        str(ctx.ours),
+        CONFIG,
+        "all",
+        "--device",
+        ctx.device,
+        "--name",
+        "ddp",
+        *[a for s in sets for a in ("--set", s)],
+    ]
     start = time.perf_counter()
     common.run_child(cmd, f"torchrun --nproc_per_node={ranks} voxseg train")
     wall = time.perf_counter() - start
     log = read_log(ctx.ours / "runs" / f"{CONFIG}__default__ddp" / "fold_all" / "log.jsonl")
     if ranks == 1:
-        ctx.notes.append("one GPU: checks torchrun and the NCCL process group only; DDP's wrapper and "
-                         "all-reduce need >= 2 GPUs")
-    metrics = {"ranks": ranks, "backend": "nccl" if ctx.device == "cuda" else "gloo", "wall_s": wall,
-               "ms_per_it": 1000 * log[-1]["s_per_iteration"] if log else None,
-               "loss": log[-1].get("train/loss") if log else None}
+        ctx.notes.append("one GPU: checks torchrun and the NCCL process group only; DDP's wrapper and all-reduce need >= 2 GPUs")
+    metrics = {
+        "ranks": ranks,
+        "backend": "nccl" if ctx.device == "cuda" else "gloo",
+        "wall_s": wall,
+        "ms_per_it": 1000 * log[-1]["s_per_iteration"] if log else None,
+        "loss": log[-1].get("train/loss") if log else None,
+    }
     if not log or metrics["loss"] is None or not math.isfinite(metrics["loss"]):
         raise Failed(f"no finite training loss in the log ({metrics['loss']})", metrics)
     return metrics
@@ -342,29 +416,30 @@ def stage_nnunet_env(ctx: Ctx) -> dict:
         # --system-torch wraps the `python3` on PATH: make that this interpreter (the one with torch)
         bindir = Path(sys.executable).parent
         if not (bindir / "python3").exists():
-            raise RuntimeError(f"{bindir / 'python3'} missing: setup_reference.sh --system-torch needs this "
-                               "interpreter as python3 (fix: run the kit with --python .../python3)")
+            raise RuntimeError(
+                f"{bindir / 'python3'} missing: setup_reference.sh --system-torch needs this "
+                "interpreter as python3 (fix: run the kit with --python .../python3)"
+            )
         env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
-        subprocess.run(["bash", str(HERE.parent / "setup_reference.sh"), str(ctx.refenv), "--system-torch"],
-                       check=True, env=env)
+        subprocess.run(["bash", str(HERE.parent / "setup_reference.sh"), str(ctx.refenv), "--system-torch"], check=True, env=env)
     python = ctx.reference_python()
-    code = ("import importlib.metadata as m, torch, nnunetv2;"
-            "print(m.version('nnunetv2'), torch.__version__, torch.cuda.is_available())")
-    info = subprocess.run([str(python), "-c", code],
-                          capture_output=True, text=True, check=True).stdout.split()
+    code = (
+        "import importlib.metadata as m, torch, nnunetv2;"
+        "print(m.version('nnunetv2'), torch.__version__, torch.cuda.is_available())"
+    )
+    info = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.split()
     return {"python": str(python), "nnunetv2": info[0], "torch": info[1], "cuda_available": info[2] == "True"}
 
 
 def _nnunet_environment(ctx: Ctx) -> None:
     # nnU-Net reads this in every process it starts (trainer, predictor)
-    os.environ["nnUNet_compile"] = "true" if ctx.profile.nnunet_compile else "false"
+    os.environ["nnUNet_compile"] = "true" if ctx.profile.nnunet_compile else "false"  # noqa: SIM112 (nnU-Net's name)
 
 
 def stage_nnunet_preprocess(ctx: Ctx) -> dict:
     raw, python = ctx.need_data(), ctx.reference_python()
     # its own plan (no forced patch: nnU-Net may not divide ours); bench_train forces our topology later
-    return common.run_reference_script(python, "plan_preprocess.py", raw, ctx.nnunet, "--np",
-                                       ctx.profile.preprocess_workers)
+    return common.run_reference_script(python, "plan_preprocess.py", raw, ctx.nnunet, "--np", ctx.profile.preprocess_workers)
 
 
 def stage_nnunet_train(ctx: Ctx) -> dict:
@@ -373,11 +448,24 @@ def stage_nnunet_train(ctx: Ctx) -> dict:
     p = ctx.profile
     raw, python = ctx.need_data(), ctx.reference_python()
     _nnunet_environment(ctx)
-    result = bench_train.run_reference(python, raw=raw, work=ctx.nnunet, device=ctx.device, workers=p.workers,
-                                       patch=p.patch, batch=p.batch, iterations=p.nnunet_iterations,
-                                       warmup=p.nnunet_warmup)
-    result.update(step_ms=result["ms_per_it"] * (1 - result["data_wait_share"]), compile=p.nnunet_compile,
-                  iterations=p.nnunet_iterations, warmup=p.nnunet_warmup, workers=p.workers)
+    result = bench_train.run_reference(
+        python,
+        raw=raw,
+        work=ctx.nnunet,
+        device=ctx.device,
+        workers=p.workers,
+        patch=p.patch,
+        batch=p.batch,
+        iterations=p.nnunet_iterations,
+        warmup=p.nnunet_warmup,
+    )
+    result.update(
+        step_ms=result["ms_per_it"] * (1 - result["data_wait_share"]),
+        compile=p.nnunet_compile,
+        iterations=p.nnunet_iterations,
+        warmup=p.nnunet_warmup,
+        workers=p.workers,
+    )
     return result
 
 
@@ -389,17 +477,31 @@ def stage_nnunet_predict(ctx: Ctx) -> dict:
     if not (bench_predict.reference_model_dir(raw, ctx.nnunet) / "checkpoint_final.pth").is_file():
         raise Skip("no nnU-Net model (nnunet_train did not finish)")
     _nnunet_environment(ctx)
-    result = common.run_reference_script(python, "predict.py", raw, ctx.nnunet, "--tta", "on", "--workers",
-                                         p.predict_workers, "--device", ctx.device)
+    result = common.run_reference_script(
+        python, "predict.py", raw, ctx.nnunet, "--tta", "on", "--workers", p.predict_workers, "--device", ctx.device
+    )
     cases = result["cases"]
-    return {"whole_command_s": result["s_per_case_tta"] * cases, "cases": cases, "s_per_case": result["s_per_case_tta"],
-            "tta": True, "peak_rss_mb": result.get("peak_rss_mb"), "workers": p.predict_workers}
+    return {
+        "whole_command_s": result["s_per_case_tta"] * cases,
+        "cases": cases,
+        "s_per_case": result["s_per_case_tta"],
+        "tta": True,
+        "peak_rss_mb": result.get("peak_rss_mb"),
+        "workers": p.predict_workers,
+    }
 
 
 STAGE_FUNCTIONS = {
-    "env": stage_env, "data": stage_data, "train": stage_train, "augment": stage_augment, "memory": stage_memory,
-    "predict": stage_predict, "ddp": stage_ddp, "nnunet_env": stage_nnunet_env,
-    "nnunet_preprocess": stage_nnunet_preprocess, "nnunet_train": stage_nnunet_train,
+    "env": stage_env,
+    "data": stage_data,
+    "train": stage_train,
+    "augment": stage_augment,
+    "memory": stage_memory,
+    "predict": stage_predict,
+    "ddp": stage_ddp,
+    "nnunet_env": stage_nnunet_env,
+    "nnunet_preprocess": stage_nnunet_preprocess,
+    "nnunet_train": stage_nnunet_train,
     "nnunet_predict": stage_nnunet_predict,
 }
 

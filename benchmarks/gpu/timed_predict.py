@@ -11,6 +11,7 @@ previous one run in background threads beside the network, so the stage sums ove
 not add up to the wall time. A function that was renamed is listed under ``not_instrumented``
 rather than failing the command. Printed: rc, stage_s and calls per stage, peak_gpu_mb, peak_rss_mb.
 """
+
 from __future__ import annotations
 
 import functools
@@ -68,6 +69,7 @@ def _timed(stage: str, fn, totals: dict[str, float], calls: dict[str, int], lock
             totals[stage] = totals.get(stage, 0.0) + time.perf_counter() - start
             calls[stage] = calls.get(stage, 0) + 1
         return out
+
     return wrapper
 
 
@@ -80,8 +82,18 @@ def main() -> int:
     rc = voxseg_main(sys.argv[1:])
     rss = max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    print(json.dumps({"rc": rc, "stage_s": totals, "calls": calls, "not_instrumented": missing,
-                      "peak_gpu_mb": gpu, "peak_rss_mb": rss / 1024}))
+    print(
+        json.dumps(
+            {
+                "rc": rc,
+                "stage_s": totals,
+                "calls": calls,
+                "not_instrumented": missing,
+                "peak_gpu_mb": gpu,
+                "peak_rss_mb": rss / 1024,
+            }
+        )
+    )
     return rc
 
 

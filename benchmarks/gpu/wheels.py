@@ -25,6 +25,7 @@ transfer is caught here, not as an import error later) and installs them all wit
 folder rather than a venv because the host's torch may itself live in a venv, which a nested venv
 would not see. Standard library only: this runs before anything else is installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,11 +50,32 @@ RECOMPRESS_OVER = 1 << 20
 LIMIT_MIB = 60.0
 # Distributions the GPU host is expected to have (the device image's package list, as read on
 # 2026-11-17; only the names voxseg and nnU-Net need). ``check.py``'s env stage imports them there.
-HOST_PROVIDES = frozenset({
-    "torch", "numpy", "scipy", "tqdm", "pyyaml", "matplotlib", "pillow", "tifffile", "scikit-image",
-    "scikit-learn", "pandas", "seaborn", "requests", "einops", "timm", "threadpoolctl", "msgpack",
-    "httpx", "rich", "six", "packaging", "typing-extensions",
-})
+HOST_PROVIDES = frozenset(
+    {
+        "torch",
+        "numpy",
+        "scipy",
+        "tqdm",
+        "pyyaml",
+        "matplotlib",
+        "pillow",
+        "tifffile",
+        "scikit-image",
+        "scikit-learn",
+        "pandas",
+        "seaborn",
+        "requests",
+        "einops",
+        "timm",
+        "threadpoolctl",
+        "msgpack",
+        "httpx",
+        "rich",
+        "six",
+        "packaging",
+        "typing-extensions",
+    }
+)
 # Required by a wheel, absent from the host, and not needed by what the check runs.
 NOT_NEEDED = {
     "imagecodecs": "tifffile's codecs for compressed TIFFs (a 28 MB wheel); the check reads NIfTI only",
@@ -131,8 +153,17 @@ def prepare(folder: Path, python_version: str, limit_mib: float) -> dict:
     old_sources = {w["name"]: w.get("source_sha256") for w in old.get("wheels", [])}
     with tempfile.TemporaryDirectory(prefix="gpukit_download_") as tmp:
         download = Path(tmp)
-        subprocess.run(["bash", str(BENCH_DIR / "setup_reference.sh"), "--download-wheels", str(download),
-                        "--python-version", python_version], check=True)
+        subprocess.run(
+            [
+                "bash",
+                str(BENCH_DIR / "setup_reference.sh"),
+                "--download-wheels",
+                str(download),
+                "--python-version",
+                python_version,
+            ],
+            check=True,
+        )
         fetched = sorted(download.glob("*.whl"))
         sources = {w.name: sha256(w) for w in fetched}
         todo = []
@@ -159,17 +190,22 @@ def prepare(folder: Path, python_version: str, limit_mib: float) -> dict:
         print(f"[gpu kit] required but not carried: {req} ({why})")
     unknown = [r for r, why in missing.items() if why == "?"]
     if unknown:
-        raise SystemExit(f"[gpu kit] {', '.join(unknown)}: required by voxseg or a wheel, and neither carried nor on the "
-                         "GPU host (fix: add to setup_reference.sh's --download-wheels list, or to NOT_NEEDED in "
-                         "benchmarks/gpu/wheels.py with the reason)")
+        raise SystemExit(
+            f"[gpu kit] {', '.join(unknown)}: required by voxseg or a wheel, and neither carried nor on the "
+            "GPU host (fix: add to setup_reference.sh's --download-wheels list, or to NOT_NEEDED in "
+            "benchmarks/gpu/wheels.py with the reason)"
+        )
     if total > limit_mib * 2**20:
-        raise SystemExit(f"[gpu kit] {total / 2**20:.1f} MiB is over the {limit_mib:g} MiB limit (fix: leave out or "
-                         "recompress the largest wheels)")
+        raise SystemExit(
+            f"[gpu kit] {total / 2**20:.1f} MiB is over the {limit_mib:g} MiB limit (fix: leave out or "
+            "recompress the largest wheels)"
+        )
     return manifest
 
 
-def write_manifest(folder: Path, python_version: str, sources: dict[str, str], *,
-                   not_carried: dict[str, str] | None = None) -> dict:
+def write_manifest(
+    folder: Path, python_version: str, sources: dict[str, str], *, not_carried: dict[str, str] | None = None
+) -> dict:
     """Write ``folder/MANIFEST.json`` for the wheels in ``folder/wheels``: name, bytes, sha256 (what
     ``install`` checks), the downloaded file's sha256 (``sources``: lets ``prepare`` skip an unchanged
     wheel), whether it is LZMA-recompressed; and the requirements not carried, with why.
@@ -178,10 +214,22 @@ def write_manifest(folder: Path, python_version: str, sources: dict[str, str], *
         >>> write_manifest(Path(".gpukit"), "3.12", {})["python_version"]  # doctest: +SKIP
         '3.12'
     """
-    entries = [{"name": w.name, "bytes": w.stat().st_size, "sha256": sha256(w), "source_sha256": sources.get(w.name),
-                "lzma": _is_lzma(w)} for w in sorted((folder / "wheels").glob("*.whl"))]
-    manifest = {"python_version": python_version, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "wheels": entries, "not_carried": not_carried or {}}
+    entries = [
+        {
+            "name": w.name,
+            "bytes": w.stat().st_size,
+            "sha256": sha256(w),
+            "source_sha256": sources.get(w.name),
+            "lzma": _is_lzma(w),
+        }
+        for w in sorted((folder / "wheels").glob("*.whl"))
+    ]
+    manifest = {
+        "python_version": python_version,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "wheels": entries,
+        "not_carried": not_carried or {},
+    }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
@@ -207,18 +255,39 @@ def install(folder: Path, site: Path, python: str = sys.executable) -> dict:
         raise SystemExit(f"{folder / MANIFEST}: missing (fix: make the folder with gpu_check.sh --prepare)")
     want = f"{sys.version_info.major}.{sys.version_info.minor}"
     if manifest["python_version"] != want:
-        raise SystemExit(f"wheels are for Python {manifest['python_version']}, this is {want} "
-                         f"(fix: gpu_check.sh --prepare DIR --python-version {want})")
-    bad = [w["name"] for w in manifest["wheels"]
-           if not (folder / "wheels" / w["name"]).is_file() or sha256(folder / "wheels" / w["name"]) != w["sha256"]]
+        raise SystemExit(
+            f"wheels are for Python {manifest['python_version']}, this is {want} "
+            f"(fix: gpu_check.sh --prepare DIR --python-version {want})"
+        )
+    bad = [
+        w["name"]
+        for w in manifest["wheels"]
+        if not (folder / "wheels" / w["name"]).is_file() or sha256(folder / "wheels" / w["name"]) != w["sha256"]
+    ]
     if bad:
         raise SystemExit(f"missing or damaged in transfer: {', '.join(bad)} (fix: copy {folder} again)")
     import lzma  # noqa: F401  (the recompressed wheels need it; a Python built without it says so here)
 
     paths = [str(folder / "wheels" / w["name"]) for w in manifest["wheels"]]
-    subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-compile",
-                    "--no-cache-dir", "--disable-pip-version-check", "--upgrade", "--target", str(site), *paths],
-                   check=True)
+    subprocess.run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--upgrade",
+            "--target",
+            str(site),
+            *paths,
+        ],
+        check=True,
+    )
     return {"wheels": len(paths), "bytes": folder_bytes(folder), "site": str(site)}
 
 

@@ -17,6 +17,7 @@ parameter at random (so no layer is a no-op), runs one input through it in eval 
 OUT_DIR/weights.pth (the state dict as nnU-Net saves it), OUT_DIR/io.npz (input, output). Prints one
 JSON line: parameters, output_shape.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,9 @@ def model(a: argparse.Namespace) -> None:
     train_s = 0.0
     if not (model_dir / "fold_all" / "checkpoint_final.pth").is_file():
         env = {"nnUNet_n_proc_DA": "1", "VOXSEG_BENCH_ITERS": str(a.iterations), "VOXSEG_BENCH_VAL_ITERS": "1"}
-        train_s = ne.run_timed(["nnUNetv2_train", ident, a.config, "all", "-tr", ne.TRAINER, "-p", plans_name,
-                                "-device", "cpu"], env)
+        train_s = ne.run_timed(
+            ["nnUNetv2_train", ident, a.config, "all", "-tr", ne.TRAINER, "-p", plans_name, "-device", "cpu"], env
+        )
     pred_dir = (a.pred_dir or Path(a.work) / f"pred_{plans_name}_{a.config}").resolve()
     images = Path(a.raw) / "imagesTs"
     cases = sorted({p.name.rsplit("_", 1)[0] for p in images.iterdir()})
@@ -58,13 +60,15 @@ def model(a: argparse.Namespace) -> None:
         torch.set_num_threads(1)
         pred_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                    device=torch.device("cpu"), allow_tqdm=False)
+        predictor = nnUNetPredictor(
+            tile_step_size=0.5, use_gaussian=True, use_mirroring=True, device=torch.device("cpu"), allow_tqdm=False
+        )
         predictor.initialize_from_trained_model_folder(str(model_dir), ("all",), "checkpoint_final.pth")
         predictor.predict_from_files_sequential(str(images), str(pred_dir), save_probabilities=True)
         predict_s = time.perf_counter() - t0
-    ne.emit({"model_dir": str(model_dir), "pred_dir": str(pred_dir), "train_s": train_s,
-             "predict_s": predict_s, "cases": len(cases)})
+    ne.emit(
+        {"model_dir": str(model_dir), "pred_dir": str(pred_dir), "train_s": train_s, "predict_s": predict_s, "cases": len(cases)}
+    )
 
 
 def network(a: argparse.Namespace) -> None:
@@ -75,8 +79,15 @@ def network(a: argparse.Namespace) -> None:
     spec = json.loads(Path(a.spec).read_text())
     arch = spec["architecture"]
     torch.manual_seed(spec.get("seed", 0))
-    net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
-                                 spec["in_channels"], spec["out_channels"], allow_init=True, deep_supervision=False)
+    net = get_network_from_plans(
+        arch["network_class_name"],
+        arch["arch_kwargs"],
+        arch["_kw_requires_import"],
+        spec["in_channels"],
+        spec["out_channels"],
+        allow_init=True,
+        deep_supervision=False,
+    )
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(torch.randn_like(p) * 0.2 + (1.0 if p.ndim == 1 else 0.0) * 0.5)

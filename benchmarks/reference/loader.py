@@ -9,6 +9,7 @@ NonDetMultiThreadedAugmenter of --workers processes -- but not its validation lo
 compete for the same cores. Prints one JSON line: patches_per_s, s_per_batch, batches, batch,
 patch, batch_shape, workers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,10 @@ def main() -> None:
     loader.transforms = transforms
 
     from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-    gen = NonDetMultiThreadedAugmenter(loader, None, a.workers, num_cached=max(6, a.workers // 2),
-                                       seeds=None, pin_memory=False, wait_time=0.002)
+
+    gen = NonDetMultiThreadedAugmenter(
+        loader, None, a.workers, num_cached=max(6, a.workers // 2), seeds=None, pin_memory=False, wait_time=0.002
+    )
     for _ in range(a.warmup):
         next(gen)
     t0 = time.perf_counter()
@@ -43,10 +46,17 @@ def main() -> None:
         batch = next(gen)
     wall = time.perf_counter() - t0
     gen._finish()
-    ne.emit({"patches_per_s": a.batches * tr.batch_size / wall, "s_per_batch": wall / a.batches,
-             "batches": a.batches, "batch": tr.batch_size,
-             "patch": list(tr.configuration_manager.patch_size),
-             "batch_shape": list(batch["data"].shape), "workers": a.workers})
+    ne.emit(
+        {
+            "patches_per_s": a.batches * tr.batch_size / wall,
+            "s_per_batch": wall / a.batches,
+            "batches": a.batches,
+            "batch": tr.batch_size,
+            "patch": list(tr.configuration_manager.patch_size),
+            "batch_shape": list(batch["data"].shape),
+            "workers": a.workers,
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ Each epoch's wall time from the first batch request to the last optimiser step, 
 it spent inside ``train_step`` (the rest is waiting for the data loader), are written to
 ``<output_folder>/bench_stats.json`` so the caller needs no log parsing.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
@@ -37,8 +37,9 @@ def _env_int(name: str, default: int) -> int:
 
 
 class nnUNetTrainerBench(nnUNetTrainer):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+    def __init__(
+        self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = torch.device("cuda")
+    ):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self._timed_iters = _env_int("VOXSEG_BENCH_ITERS", 20)
         self._warmup_iters = _env_int("VOXSEG_BENCH_WARMUP_ITERS", 0)
@@ -70,18 +71,23 @@ class nnUNetTrainerBench(nnUNetTrainer):
 
     def on_train_epoch_end(self, train_outputs):
         wall = time.perf_counter() - self._epoch_start
-        self._bench_epochs.append({
-            "epoch": self.current_epoch, "iterations": self.num_iterations_per_epoch,
-            "wall_s": wall, "step_s": self._step_seconds,
-        })
+        self._bench_epochs.append(
+            {
+                "epoch": self.current_epoch,
+                "iterations": self.num_iterations_per_epoch,
+                "wall_s": wall,
+                "step_s": self._step_seconds,
+            }
+        )
         super().on_train_epoch_end(train_outputs)
 
     def on_train_end(self):
         super().on_train_end()
         if self.local_rank == 0:
-            stats = {"epochs": self._bench_epochs,
-                     "peak_gpu_bytes": (torch.cuda.max_memory_allocated()
-                                        if self.device.type == "cuda" else None)}
+            stats = {
+                "epochs": self._bench_epochs,
+                "peak_gpu_bytes": (torch.cuda.max_memory_allocated() if self.device.type == "cuda" else None),
+            }
             Path(self.output_folder, "bench_stats.json").write_text(json.dumps(stats, indent=1))
 
     def perform_actual_validation(self, save_probabilities: bool = False):

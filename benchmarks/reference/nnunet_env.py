@@ -10,6 +10,7 @@ nnU-Net reads its three folder variables when ``nnunetv2.paths`` is first import
 :func:`use_work` must run before any nnunetv2 import; it sets them for this process and its
 children only.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,9 +36,11 @@ def dataset_id(raw: Path) -> int:
 def use_work(raw: Path, work: Path) -> dict[str, str]:
     """Point nnU-Net's folder variables into WORK and link the raw dataset there."""
     raw, work = Path(raw).resolve(), Path(work).resolve()
-    env = {"nnUNet_raw": str(work / "nnUNet_raw"),
-           "nnUNet_preprocessed": str(work / "nnUNet_preprocessed"),
-           "nnUNet_results": str(work / "nnUNet_results")}
+    env = {
+        "nnUNet_raw": str(work / "nnUNet_raw"),
+        "nnUNet_preprocessed": str(work / "nnUNet_preprocessed"),
+        "nnUNet_results": str(work / "nnUNet_results"),
+    }
     for folder in env.values():
         Path(folder).mkdir(parents=True, exist_ok=True)
     link = work / "nnUNet_raw" / raw.name
@@ -58,12 +61,18 @@ def run_timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
     in a venv (not necessarily activated) or in a --target folder on PYTHONPATH.
     """
     from importlib.metadata import entry_points
+
     (ep,) = entry_points(group="console_scripts", name=cmd[0])
     module, attr = ep.value.split(":")
     code = f"import sys; from {module} import {attr}; sys.argv[0] = {cmd[0]!r}; sys.exit({attr}())"
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, *cmd[1:]], env={**os.environ, **(env or {})},
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *cmd[1:]],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}")
@@ -71,8 +80,7 @@ def run_timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
 
 
 def plan_and_preprocess(raw: Path, work: Path, processes: int, config: str = "3d_fullres") -> float:
-    return run_timed(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id(raw)), "-c", config,
-                      "-np", str(processes)])
+    return run_timed(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id(raw)), "-c", config, "-np", str(processes)])
 
 
 def ensure_preprocessed(raw: Path, work: Path, processes: int = 2) -> None:
@@ -80,8 +88,7 @@ def ensure_preprocessed(raw: Path, work: Path, processes: int = 2) -> None:
         plan_and_preprocess(raw, work, processes)
 
 
-def bench_plans(raw: Path, work: Path, patch: list[int] | None, batch: int | None,
-                config: str = "3d_fullres") -> dict:
+def bench_plans(raw: Path, work: Path, patch: list[int] | None, batch: int | None, config: str = "3d_fullres") -> dict:
     """nnU-Net's plans with patch/batch overridden, saved as ``nnUNetBenchPlans.json``.
 
     The copy keeps the data identifier, so it reads the data nnUNetPlans preprocessed. The network
@@ -97,8 +104,9 @@ def bench_plans(raw: Path, work: Path, patch: list[int] | None, batch: int | Non
             s = s if isinstance(s, (list, tuple)) else [s] * len(patch)
             total = [t * v for t, v in zip(total, s)]
         if any(p % t for p, t in zip(patch, total)):
-            raise SystemExit(f"patch {patch} is not divisible by the planned network's total stride "
-                             f"{total} (fix: choose a multiple of it)")
+            raise SystemExit(
+                f"patch {patch} is not divisible by the planned network's total stride {total} (fix: choose a multiple of it)"
+            )
         cfg["patch_size"] = list(patch)
     if batch is not None:
         cfg["batch_size"] = int(batch)
@@ -126,23 +134,38 @@ def training_pipeline(raw: Path, work: Path, patch: list[int], batch: int, confi
     final_patch = tr.configuration_manager.patch_size
     rotation, dummy_2d, initial_patch, mirror_axes = tr.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     transforms = tr.get_training_transforms(
-        final_patch, rotation, tr._get_deep_supervision_scales(), mirror_axes, dummy_2d,
-        use_mask_for_norm=tr.configuration_manager.use_mask_for_norm, is_cascaded=tr.is_cascaded,
+        final_patch,
+        rotation,
+        tr._get_deep_supervision_scales(),
+        mirror_axes,
+        dummy_2d,
+        use_mask_for_norm=tr.configuration_manager.use_mask_for_norm,
+        is_cascaded=tr.is_cascaded,
         foreground_labels=tr.label_manager.foreground_labels,
         regions=tr.label_manager.foreground_regions if tr.label_manager.has_regions else None,
-        ignore_label=tr.label_manager.ignore_label)
+        ignore_label=tr.label_manager.ignore_label,
+    )
     dataset_tr, _ = tr.get_tr_and_val_datasets()
-    loader = nnUNetDataLoader(dataset_tr, tr.batch_size, initial_patch, final_patch, tr.label_manager,
-                              oversample_foreground_percent=tr.oversample_foreground_percent,
-                              sampling_probabilities=None, pad_sides=None, transforms=None,
-                              probabilistic_oversampling=tr.probabilistic_oversampling)
+    loader = nnUNetDataLoader(
+        dataset_tr,
+        tr.batch_size,
+        initial_patch,
+        final_patch,
+        tr.label_manager,
+        oversample_foreground_percent=tr.oversample_foreground_percent,
+        sampling_probabilities=None,
+        pad_sides=None,
+        transforms=None,
+        probabilistic_oversampling=tr.probabilistic_oversampling,
+    )
     return tr, loader, transforms
 
 
 def peak_rss_mb() -> float:
     """Peak RSS of this process or its largest finished child (per process, not summed)."""
-    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024.0
+    return (
+        max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024.0
+    )
 
 
 def emit(result: dict) -> None:

@@ -6,6 +6,7 @@ Starts from an empty ``WORK/nnUNet_preprocessed/<dataset>`` so repeats time the 
 --patch/--batch it also writes nnUNetBenchPlans.json for the loader/train/predict scripts.
 Prints one JSON line: wall_s, peak_rss_mb (largest single process), cases, planned patch/batch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,16 @@ def main() -> None:
     if a.patch or a.batch:
         ne.bench_plans(a.raw, a.work, a.patch, a.batch, a.config)
     cases = len(list((folder / cfg["data_identifier"]).glob("*.pkl")))
-    ne.emit({"wall_s": wall, "peak_rss_mb": ne.peak_rss_mb(), "cases": cases,
-             "processes": a.processes, "planned_patch": cfg["patch_size"],
-             "planned_batch": cfg["batch_size"]})
+    ne.emit(
+        {
+            "wall_s": wall,
+            "peak_rss_mb": ne.peak_rss_mb(),
+            "cases": cases,
+            "processes": a.processes,
+            "planned_patch": cfg["patch_size"],
+            "planned_batch": cfg["batch_size"],
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ whole command (model loading included) divided by the number of cases. Predictio
 WORK/pred_tta and WORK/pred_no_tta. Prints one JSON line: s_per_case_tta, s_per_case_no_tta,
 cases, pred_dir (the TTA predictions when made: nnU-Net's default).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,10 +38,32 @@ def main() -> None:
             continue
         out = Path(a.work).resolve() / ("pred_tta" if tta == "on" else "pred_no_tta")
         shutil.rmtree(out, ignore_errors=True)
-        cmd = ["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(ne.dataset_id(a.raw)),
-               "-c", a.config, "-tr", ne.TRAINER, "-p", ne.BENCH_PLANS, "-f", "all",
-               "-chk", "checkpoint_final.pth", "-npp", str(a.workers), "-nps", str(a.workers),
-               "-device", a.device, "--disable_progress_bar"] + (["--disable_tta"] if tta == "off" else [])
+        cmd = [
+            "nnUNetv2_predict",
+            "-i",
+            str(images),
+            "-o",
+            str(out),
+            "-d",
+            str(ne.dataset_id(a.raw)),
+            "-c",
+            a.config,
+            "-tr",
+            ne.TRAINER,
+            "-p",
+            ne.BENCH_PLANS,
+            "-f",
+            "all",
+            "-chk",
+            "checkpoint_final.pth",
+            "-npp",
+            str(a.workers),
+            "-nps",
+            str(a.workers),
+            "-device",
+            a.device,
+            "--disable_progress_bar",
+        ] + (["--disable_tta"] if tta == "off" else [])
         wall = ne.run_timed(cmd)
         result[f"s_per_case_{'tta' if tta == 'on' else 'no_tta'}"] = wall / cases
         result.setdefault("pred_dir", str(out))

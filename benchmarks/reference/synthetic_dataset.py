@@ -9,6 +9,7 @@ it uses only numpy and SimpleITK (both nnU-Net dependencies), not voxseg.
 Each case: a blurred noisy body (class 0 around it), one ellipsoid "organ" (1) and a smaller
 "lesion" (2) inside it, random shape per axis in ``--size``, anisotropic spacing (z coarser).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,13 @@ def write_dataset(out: Path, cases: int, test: int, size: tuple[int, int], seed:
         split = "Tr" if i < cases else "Ts"
         _write(image, spacing, out / f"images{split}" / f"case_{i:03d}_0000.nii.gz")
         _write(seg, spacing, out / f"labels{split}" / f"case_{i:03d}.nii.gz")
-    dataset = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1, "lesion": 2},
-               "numTraining": cases, "file_ending": ".nii.gz", "name": out.name}
+    dataset = {
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, "organ": 1, "lesion": 2},
+        "numTraining": cases,
+        "file_ending": ".nii.gz",
+        "name": out.name,
+    }
     (out / "dataset.json").write_text(json.dumps(dataset, indent=2))
 
 

@@ -28,8 +28,20 @@ _LAZY = {
     "install_model": "voxseg.inference.package",
 }
 
-__all__ = ["__version__", "plan", "preprocess", "train", "evaluate", "load_settings", "predict", "Settings", "Trainer",
-           "Predictor", "export_model", "install_model"]  # literal for static tools; tests/test_api.py checks it lists _LAZY
+__all__ = [
+    "__version__",
+    "plan",
+    "preprocess",
+    "train",
+    "evaluate",
+    "load_settings",
+    "predict",
+    "Settings",
+    "Trainer",
+    "Predictor",
+    "export_model",
+    "install_model",
+]  # literal for static tools; tests/test_api.py checks it lists _LAZY
 
 
 def __getattr__(name: str) -> object:

@@ -54,8 +54,16 @@ def plan(dataset: str | Path, work: str | Path, *, workers: int | None = None, p
     return plan_and_save(dataset, work, PlannerOptions(**options), workers=workers, progress=progress)
 
 
-def preprocess(work: str | Path, configs: Sequence[str] | None = None, *, workers: int | None = None, overwrite: bool = False,
-               progress: bool = True, group_regex: str | None = None, splits_file: str | Path | None = None) -> dict[str, int]:
+def preprocess(
+    work: str | Path,
+    configs: Sequence[str] | None = None,
+    *,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    group_regex: str | None = None,
+    splits_file: str | Path | None = None,
+) -> dict[str, int]:
     """Write the preprocessed store and splits.json of a planned work folder (``voxseg preprocess``).
 
     Args:
@@ -76,8 +84,9 @@ def preprocess(work: str | Path, configs: Sequence[str] | None = None, *, worker
     """
     from voxseg.preprocessing.preprocess import preprocess_dataset
 
-    return preprocess_dataset(work, configs, workers=workers, overwrite=overwrite, progress=progress,
-                              group_regex=group_regex, splits_file=splits_file)
+    return preprocess_dataset(
+        work, configs, workers=workers, overwrite=overwrite, progress=progress, group_regex=group_regex, splits_file=splits_file
+    )
 
 
 def load_settings(values: Settings | Mapping[str, Any] | str | Path | None = None) -> Settings:
@@ -101,9 +110,20 @@ def load_settings(values: Settings | Mapping[str, Any] | str | Path | None = Non
     return settings_module.load_settings(None, [f"{key}={json.dumps(value)}" for key, value in (values or {}).items()])
 
 
-def train(work: str | Path, config: str, fold: int | str, settings: Settings | Mapping[str, Any] | str | Path | None = None, *,
-          trainer: str | type[Trainer] = "default", device: str = "auto", resume: bool = False, name: str | None = None,
-          val_best: bool = False, pretrained: str | Path | None = None, previous_stage: str | Path | None = None) -> Path:
+def train(
+    work: str | Path,
+    config: str,
+    fold: int | str,
+    settings: Settings | Mapping[str, Any] | str | Path | None = None,
+    *,
+    trainer: str | type[Trainer] = "default",
+    device: str = "auto",
+    resume: bool = False,
+    name: str | None = None,
+    val_best: bool = False,
+    pretrained: str | Path | None = None,
+    previous_stage: str | Path | None = None,
+) -> Path:
     """Train one configuration on one fold (or ``"all"``), then predict and score its validation cases (``voxseg train``).
 
     Args:
@@ -131,12 +151,32 @@ def train(work: str | Path, config: str, fold: int | str, settings: Settings | M
     """
     from voxseg.workflows.train import train_fold
 
-    return train_fold(work, config, str(fold), load_settings(settings), trainer=trainer, device=device, resume=resume, name=name,
-                      val_best=val_best, pretrained=pretrained, previous_stage=previous_stage)
+    return train_fold(
+        work,
+        config,
+        str(fold),
+        load_settings(settings),
+        trainer=trainer,
+        device=device,
+        resume=resume,
+        name=name,
+        val_best=val_best,
+        pretrained=pretrained,
+        previous_stage=previous_stage,
+    )
 
 
-def evaluate(pred_dir: str | Path, ref_dir: str | Path, dataset_json: str | Path, *, output: str | Path | None = None,
-             metrics: Sequence[str] | None = None, nsd_tolerance: float = 1.0, workers: int = 1, progress: bool = True) -> dict:
+def evaluate(
+    pred_dir: str | Path,
+    ref_dir: str | Path,
+    dataset_json: str | Path,
+    *,
+    output: str | Path | None = None,
+    metrics: Sequence[str] | None = None,
+    nsd_tolerance: float = 1.0,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict:
     """Dice, IoU, HD95 and NSD of a prediction folder against references (``voxseg evaluate``).
 
     Args:
@@ -160,5 +200,13 @@ def evaluate(pred_dir: str | Path, ref_dir: str | Path, dataset_json: str | Path
     from voxseg.evaluation.evaluate import evaluate_folders
     from voxseg.evaluation.metrics import ALL_METRICS
 
-    return evaluate_folders(pred_dir, ref_dir, dataset_json, output=output, metrics=tuple(metrics or ALL_METRICS),
-                            nsd_tolerance=nsd_tolerance, num_workers=workers, progress=progress)
+    return evaluate_folders(
+        pred_dir,
+        ref_dir,
+        dataset_json,
+        output=output,
+        metrics=tuple(metrics or ALL_METRICS),
+        nsd_tolerance=nsd_tolerance,
+        num_workers=workers,
+        progress=progress,
+    )

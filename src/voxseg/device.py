@@ -24,12 +24,16 @@ def resolve_device(choice: str = "auto", local_rank: int = 0) -> torch.device:
         raise InputError(f"unknown device '{choice}'", fix=f"use one of {', '.join(DEVICES)}")
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise InputError("--device cuda but no CUDA device is visible", fix="use --device cpu or install a CUDA build of torch")
+            raise InputError(
+                "--device cuda but no CUDA device is visible", fix="use --device cpu or install a CUDA build of torch"
+            )
         return torch.device("cuda", local_rank)
     if choice == "mps" or (choice == "auto" and mps_available()):
         if not mps_available():
-            raise InputError("--device mps but PyTorch's MPS backend is not available here",
-                             fix="use --device cpu (MPS needs Apple silicon and a macOS build of torch)")
+            raise InputError(
+                "--device mps but PyTorch's MPS backend is not available here",
+                fix="use --device cpu (MPS needs Apple silicon and a macOS build of torch)",
+            )
         return torch.device("mps")
     return torch.device("cpu")
 

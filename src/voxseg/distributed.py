@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -38,11 +41,11 @@ class DistInfo:
         if self.world_size > 1:
             dist.barrier()
 
-    def gather(self, obj: object) -> list[object]:
+    def gather(self, obj: T) -> list[T]:
         """Every rank's `obj` (a small picklable object), on every rank."""
         if self.world_size == 1:
             return [obj]
-        out: list[object] = [None] * self.world_size
+        out: list[Any] = [None] * self.world_size  # filled with every rank's object
         dist.all_gather_object(out, obj)
         return out
 

@@ -20,9 +20,10 @@ import errno
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -103,9 +104,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(array))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(array))
 
 
 def remove_temp_files(folder: str | Path, stem: str = "") -> None:

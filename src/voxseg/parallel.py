@@ -20,9 +20,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 from voxseg.progress import track
 
@@ -96,18 +97,19 @@ def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     The pool starts its processes lazily (on submit), so the one-thread environment stays set for
     as long as the pool is open.
     """
-    with _single_threaded_children():
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent,
-                                 initargs=(os.getpid(),)) as pool:
-            yield pool
+    with (
+        _single_threaded_children(),
+        ProcessPoolExecutor(
+            workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent, initargs=(os.getpid(),)
+        ) as pool,
+    ):
+        yield pool
 
 
-def map_cases(fn: Callable[[T], R], items: Sequence[T], workers: int | None, *, desc: str,
-              progress: bool = True) -> list[R]:
+def map_cases(fn: Callable[[T], R], items: Sequence[T], workers: int | None, *, desc: str, progress: bool = True) -> list[R]:
     """`[fn(x) for x in items]` in input order, over `workers` processes (default: all cores)."""
     workers = default_workers() if workers is None else max(1, workers)
-    bar = dict(total=len(items), unit="case", enabled=progress)
     if workers == 1 or len(items) <= 1:
-        return [fn(x) for x in track(items, desc, **bar)]
+        return [fn(x) for x in track(items, desc, total=len(items), unit="case", enabled=progress)]
     with process_pool(min(workers, len(items))) as pool:
-        return list(track(pool.map(fn, items), desc, **bar))
+        return list(track(pool.map(fn, items), desc, total=len(items), unit="case", enabled=progress))

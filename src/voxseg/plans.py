@@ -9,9 +9,9 @@ documented layout (docs/architecture.md).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from voxseg.errors import NotFoundError, PlanError
 from voxseg.io_utils import atomic_write_json
@@ -25,18 +25,20 @@ NORMALIZATION_SCHEMES = ("ct", "zscore", "nonorm", "rescale_to_0_1", "rgb_to_0_1
 
 @dataclass
 class Normalization:
-    scheme: str                    # one of NORMALIZATION_SCHEMES (nnU-Net's names, lower case)
+    scheme: str  # one of NORMALIZATION_SCHEMES (nnU-Net's names, lower case)
     mean: float = 0.0
     std: float = 1.0
-    lower: float | None = None     # CT clip window (dataset foreground 0.5 / 99.5 percentiles)
+    lower: float | None = None  # CT clip window (dataset foreground 0.5 / 99.5 percentiles)
     upper: float | None = None
     use_nonzero_mask: bool = False
 
     def __post_init__(self) -> None:
         self.scheme = self.scheme.lower()
         if self.scheme not in NORMALIZATION_SCHEMES:
-            raise PlanError(f"unknown normalization scheme {self.scheme!r}",
-                            fix=f"use one of {', '.join(NORMALIZATION_SCHEMES)} in plans.json")
+            raise PlanError(
+                f"unknown normalization scheme {self.scheme!r}",
+                fix=f"use one of {', '.join(NORMALIZATION_SCHEMES)} in plans.json",
+            )
 
 
 @dataclass
@@ -57,12 +59,11 @@ class ConfigurationPlan:
     # Another configuration whose preprocessed store this one reads (the cascade reads 3d_fullres's).
     data_from: str | None = None
 
-
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "ConfigurationPlan":
+    def from_json(cls, d: dict) -> ConfigurationPlan:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
@@ -107,7 +108,7 @@ class Plan:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "Plan":
+    def from_json(cls, d: dict) -> Plan:
         return cls(
             dataset_name=d["dataset_name"],
             dataset_path=d.get("dataset_path", ""),

@@ -16,7 +16,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Iterable, Iterator, TextIO, TypeVar
+from collections.abc import Iterable, Iterator, Sized
+from typing import TextIO, TypeVar
 
 from tqdm import tqdm
 
@@ -57,8 +58,16 @@ class Progress:
         ...         bar.update()
     """
 
-    def __init__(self, total: int | None, desc: str, *, unit: str = "it", enabled: bool = True,
-                 stream: TextIO | None = None, interval: float = LOG_INTERVAL_S):
+    def __init__(
+        self,
+        total: int | None,
+        desc: str,
+        *,
+        unit: str = "it",
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        interval: float = LOG_INTERVAL_S,
+    ):
         self.total, self.desc, self.unit, self.enabled = total, desc, unit, enabled
         self.stream = stream if stream is not None else sys.stderr
         self.interval = interval
@@ -95,7 +104,7 @@ class Progress:
             if self._bar is not None:
                 self._bar.set_postfix_str(text, refresh=False)
 
-    def sub(self, total: int, unit: str = "it") -> "SubProgress":
+    def sub(self, total: int, unit: str = "it") -> SubProgress:
         """Progress within the current item; `update()` the outer bar when the item is done."""
         return SubProgress(self, total, unit)
 
@@ -109,10 +118,12 @@ class Progress:
             # A task long enough to be reported also says that it finished.
             elapsed = time.monotonic() - self._start
             count = f"{self.n}/{self.total}" if self.total else f"{self.n}"
-            self._write(f"{self.desc}: {count} {self.unit} in {tqdm.format_interval(elapsed)} "
-                        f"({_rate(self.n / elapsed if elapsed > 0 else 0.0, self.unit)})")
+            self._write(
+                f"{self.desc}: {count} {self.unit} in {tqdm.format_interval(elapsed)} "
+                f"({_rate(self.n / elapsed if elapsed > 0 else 0.0, self.unit)})"
+            )
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -164,8 +175,7 @@ class SubProgress:
         self.n = 0
         self._bar = None
         if parent._bar is not None:
-            self._bar = tqdm(total=total, desc=f"  {unit}s", unit=unit, leave=False, file=parent.stream,
-                             dynamic_ncols=True)
+            self._bar = tqdm(total=total, desc=f"  {unit}s", unit=unit, leave=False, file=parent.stream, dynamic_ncols=True)
 
     def update(self, n: int = 1) -> None:
         if not self.parent.enabled:
@@ -180,22 +190,30 @@ class SubProgress:
         if self._bar is not None:
             self._bar.close()
 
-    def __enter__(self) -> "SubProgress":
+    def __enter__(self) -> SubProgress:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-def track(items: Iterable[T], desc: str, *, total: int | None = None, unit: str = "it", enabled: bool = True,
-          stream: TextIO | None = None, interval: float = LOG_INTERVAL_S) -> Iterator[T]:
+def track(
+    items: Iterable[T],
+    desc: str,
+    *,
+    total: int | None = None,
+    unit: str = "it",
+    enabled: bool = True,
+    stream: TextIO | None = None,
+    interval: float = LOG_INTERVAL_S,
+) -> Iterator[T]:
     """Yield `items`, counting one step each (the drop-in for ``tqdm(items, ...)``).
 
     Example:
         >>> results = [f(x) for x in track(cases, "evaluate", unit="case")]   # doctest: +SKIP
     """
     if total is None:
-        total = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
+        total = len(items) if isinstance(items, Sized) else None
     with Progress(total, desc, unit=unit, enabled=enabled, stream=stream, interval=interval) as bar:
         for item in items:
             yield item

@@ -67,8 +67,9 @@ def _import_attr(spec: str, registry: Registry) -> Any:
             ) from None
     obj = getattr(module, attr, None)
     if obj is None:
-        raise SettingsError(f"{registry.setting}={spec!r}: {where} has no {attr!r}",
-                            fix=f"define the {registry.kind} {attr} in {where}")
+        raise SettingsError(
+            f"{registry.setting}={spec!r}: {where} has no {attr!r}", fix=f"define the {registry.kind} {attr} in {where}"
+        )
     return obj
 
 
@@ -89,10 +90,14 @@ def load_file_module(path: Path) -> Any:
     return module
 
 
-NETWORKS = Registry("network", "model.architecture", {
-    "plain_unet": "voxseg.model.unet:plain_unet",
-    "resenc_unet": "voxseg.model.unet:resenc_unet",
-})
+NETWORKS = Registry(
+    "network",
+    "model.architecture",
+    {
+        "plain_unet": "voxseg.model.unet:plain_unet",
+        "resenc_unet": "voxseg.model.unet:resenc_unet",
+    },
+)
 TRAINERS = Registry("trainer", "--trainer", {"default": "voxseg.training.trainer:Trainer"})
 
 

@@ -89,15 +89,22 @@ def curves_figure(records: list[dict[str, Any]]):
     for ax, name in zip(axes.flat, order):
         for i, k in enumerate(panels[name]):
             pts = [(xi, r[k]) for xi, r in zip(x, records) if numeric(r.get(k))]
-            ax.plot(*zip(*pts), label=k, color=PALETTE[i % len(PALETTE)], lw=1.6, marker="o" if len(pts) < 15 else None, ms=3,
-                    linestyle="--" if "ema" in k else "-")
+            ax.plot(
+                *zip(*pts),
+                label=k,
+                color=PALETTE[i % len(PALETTE)],
+                lw=1.6,
+                marker="o" if len(pts) < 15 else None,
+                ms=3,
+                linestyle="--" if "ema" in k else "-",
+            )
         ax.set_title(name, fontsize=10, loc="left", fontweight="bold")
         ax.set_xlabel("epoch", fontsize=8)
         if name == "Learning rate":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
         ax.legend(fontsize=7, frameon=False)
         style_axes(ax)
-    for ax in list(axes.flat)[len(order):]:
+    for ax in list(axes.flat)[len(order) :]:
         ax.axis("off")
     fig.tight_layout()
     return fig

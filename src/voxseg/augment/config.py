@@ -26,19 +26,45 @@ Range = tuple[float, float]
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "light": {
-        "rotation_deg": 15.0, "scale_range": (0.85, 1.25), "noise_p": 0.0, "blur_p": 0.0,
-        "lowres_p": 0.0, "gamma_inv_p": 0.0, "gamma_p": 0.15, "brightness_p": 0.1, "contrast_p": 0.1,
+        "rotation_deg": 15.0,
+        "scale_range": (0.85, 1.25),
+        "noise_p": 0.0,
+        "blur_p": 0.0,
+        "lowres_p": 0.0,
+        "gamma_inv_p": 0.0,
+        "gamma_p": 0.15,
+        "brightness_p": 0.1,
+        "contrast_p": 0.1,
     },
     "none": {
-        "rotation_p": 0.0, "scale_p": 0.0, "elastic_p": 0.0, "mirror_p": 0.0, "noise_p": 0.0,
-        "blur_p": 0.0, "brightness_p": 0.0, "contrast_p": 0.0, "lowres_p": 0.0, "gamma_inv_p": 0.0,
+        "rotation_p": 0.0,
+        "scale_p": 0.0,
+        "elastic_p": 0.0,
+        "mirror_p": 0.0,
+        "noise_p": 0.0,
+        "blur_p": 0.0,
+        "brightness_p": 0.0,
+        "contrast_p": 0.0,
+        "lowres_p": 0.0,
+        "gamma_inv_p": 0.0,
         "gamma_p": 0.0,
     },
 }
 
 _PROBABILITIES = (
-    "rotation_p", "scale_p", "elastic_p", "mirror_p", "noise_p", "blur_p", "blur_p_per_channel",
-    "brightness_p", "contrast_p", "lowres_p", "lowres_p_per_channel", "gamma_inv_p", "gamma_p",
+    "rotation_p",
+    "scale_p",
+    "elastic_p",
+    "mirror_p",
+    "noise_p",
+    "blur_p",
+    "blur_p_per_channel",
+    "brightness_p",
+    "contrast_p",
+    "lowres_p",
+    "lowres_p_per_channel",
+    "gamma_inv_p",
+    "gamma_p",
 )
 _POSITIVE_RANGES = ("scale_range", "blur_sigma", "brightness_range", "contrast_range", "lowres_zoom", "gamma_range")
 _NONNEGATIVE_RANGES = ("noise_std", "elastic_magnitude")
@@ -53,55 +79,73 @@ class AugmentationSettings:
     nnU-Net's split draw (50 % in ``[low, 1]``, 50 % in ``[1, high]``).
     """
 
-    preset: str = field(default="default", metadata={
-        "help": "starting point: default (nnU-Net v2), light or none (centre crop only); the other keys refine it"})
-    where: Literal["auto", "device", "loader"] = field(default="auto", metadata={
-        "help": "where batches are augmented: device (batched on the training device), loader (in the loader's "
-                "worker processes, the CPU fallback) or auto (device on a GPU, loader on a CPU)"})
+    preset: str = field(
+        default="default",
+        metadata={"help": "starting point: default (nnU-Net v2), light or none (centre crop only); the other keys refine it"},
+    )
+    where: Literal["auto", "device", "loader"] = field(
+        default="auto",
+        metadata={
+            "help": "where batches are augmented: device (batched on the training device), loader (in the loader's "
+            "worker processes, the CPU fallback) or auto (device on a GPU, loader on a CPU)"
+        },
+    )
     # spatial: ONE resampling of the enlarged input patch per sample
     rotation_p: float = field(default=0.2, metadata={"help": "probability of a rotation"})
-    rotation_deg: float | None = field(default=None, metadata={
-        "help": "max |angle| in degrees; null: nnU-Net's rule (3D 30; in-plane only and 2D 180; 2D patches elongated > 1.5x 15)"})
-    rotation_in_plane_only: bool | None = field(default=None, metadata={
-        "help": "rotate about axis 0 only; null: the plan decides (anisotropic or 2D-like patches)"})
+    rotation_deg: float | None = field(
+        default=None,
+        metadata={
+            "help": "max |angle| in degrees; null: nnU-Net's rule (3D 30; in-plane only and 2D 180; 2D patches elongated > 1.5x 15)"
+        },
+    )
+    rotation_in_plane_only: bool | None = field(
+        default=None, metadata={"help": "rotate about axis 0 only; null: the plan decides (anisotropic or 2D-like patches)"}
+    )
     scale_p: float = field(default=0.2, metadata={"help": "probability of scaling"})
-    scale_range: Range = field(default=(0.7, 1.4), metadata={
-        "help": "scale factor range; > 1 zooms out (objects get smaller), as in nnU-Net"})
+    scale_range: Range = field(
+        default=(0.7, 1.4), metadata={"help": "scale factor range; > 1 zooms out (objects get smaller), as in nnU-Net"}
+    )
     scale_isotropic: bool = field(default=True, metadata={"help": "one scale factor for every axis"})
     elastic_p: float = field(default=0.0, metadata={"help": "probability of an elastic deformation"})
-    elastic_magnitude: Range = field(default=(0.0, 0.2), metadata={
-        "help": "max displacement as a fraction of the patch size"})
+    elastic_magnitude: Range = field(default=(0.0, 0.2), metadata={"help": "max displacement as a fraction of the patch size"})
     elastic_grid: int = field(default=5, metadata={"help": "control points per axis; fewer = smoother deformation"})
-    label_interpolation: Literal["nearest", "linear"] = field(default="nearest", metadata={
-        "help": "how label maps are resampled: nearest, or linear on per-class masks"})
-    input_margin: Literal["nnunet", "worst_case"] = field(default="nnunet", metadata={
-        "help": "room the loader's crop leaves around the patch: nnunet (rotations and a zoom-out to 1/0.85; rarer "
-                "stronger zoom-outs read padding) or worst_case (every allowed transform, about 3x the voxels in 3D)"})
+    label_interpolation: Literal["nearest", "linear"] = field(
+        default="nearest", metadata={"help": "how label maps are resampled: nearest, or linear on per-class masks"}
+    )
+    input_margin: Literal["nnunet", "worst_case"] = field(
+        default="nnunet",
+        metadata={
+            "help": "room the loader's crop leaves around the patch: nnunet (rotations and a zoom-out to 1/0.85; rarer "
+            "stronger zoom-outs read padding) or worst_case (every allowed transform, about 3x the voxels in 3D)"
+        },
+    )
     mirror_p: float = field(default=0.5, metadata={"help": "probability of mirroring, per axis"})
-    mirror_axes: tuple[int, ...] | None = field(default=None, metadata={
-        "help": "spatial axes that may be mirrored; null: every spatial axis"})
+    mirror_axes: tuple[int, ...] | None = field(
+        default=None, metadata={"help": "spatial axes that may be mirrored; null: every spatial axis"}
+    )
     # intensity: image only, after the spatial step
     noise_p: float = field(default=0.1, metadata={"help": "probability of Gaussian noise"})
     noise_std: Range = field(default=(0.0, 0.1), metadata={"help": "noise standard deviation range"})
     blur_p: float = field(default=0.2, metadata={"help": "probability of Gaussian blur"})
-    blur_p_per_channel: float = field(default=0.5, metadata={
-        "help": "probability that a channel of a blurred sample is blurred"})
+    blur_p_per_channel: float = field(default=0.5, metadata={"help": "probability that a channel of a blurred sample is blurred"})
     blur_sigma: Range = field(default=(0.5, 1.0), metadata={"help": "blur sigma range in voxels, drawn per axis"})
     brightness_p: float = field(default=0.15, metadata={"help": "probability of a brightness (multiplicative) change"})
-    brightness_range: Range = field(default=(0.75, 1.25), metadata={
-        "help": "brightness factor range (split draw around 1)"})
+    brightness_range: Range = field(default=(0.75, 1.25), metadata={"help": "brightness factor range (split draw around 1)"})
     contrast_p: float = field(default=0.15, metadata={"help": "probability of a contrast change"})
     contrast_range: Range = field(default=(0.75, 1.25), metadata={"help": "contrast factor range (split draw around 1)"})
-    contrast_preserve_range: bool = field(default=True, metadata={
-        "help": "clip to the channel's old [min, max] after a contrast change"})
+    contrast_preserve_range: bool = field(
+        default=True, metadata={"help": "clip to the channel's old [min, max] after a contrast change"}
+    )
     lowres_p: float = field(default=0.25, metadata={"help": "probability of simulating low resolution"})
-    lowres_p_per_channel: float = field(default=0.5, metadata={
-        "help": "probability that a channel of a low-resolution sample is affected"})
+    lowres_p_per_channel: float = field(
+        default=0.5, metadata={"help": "probability that a channel of a low-resolution sample is affected"}
+    )
     lowres_zoom: Range = field(default=(0.5, 1.0), metadata={"help": "zoom range of the low-resolution simulation"})
     gamma_inv_p: float = field(default=0.1, metadata={"help": "probability of gamma on the inverted image"})
     gamma_p: float = field(default=0.3, metadata={"help": "probability of gamma"})
-    gamma_range: Range = field(default=(0.7, 1.5), metadata={
-        "help": "gamma range (split draw around 1), shared by both gamma transforms"})
+    gamma_range: Range = field(
+        default=(0.7, 1.5), metadata={"help": "gamma range (split draw around 1), shared by both gamma transforms"}
+    )
     gamma_retain_stats: bool = field(default=True, metadata={"help": "restore each channel's mean and std after gamma"})
 
     def __post_init__(self) -> None:

@@ -16,8 +16,8 @@ same on the negated image. Images only: labels never pass through here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -73,13 +73,30 @@ def draw_intensity(settings: AugmentationSettings, g: torch.Generator, batch: in
     gamma = per_sample(s.gamma_p)
     gamma_value = draw.split_uniform(g, *s.gamma_range, rows)
     return IntensityParams(
-        noise, noise_std, blur, blur_sigma, brightness, brightness_factor, contrast, contrast_factor,
-        lowres, lowres_zoom, gamma_inv, gamma_inv_value, gamma, gamma_value, draw.device_seed(g),
+        noise,
+        noise_std,
+        blur,
+        blur_sigma,
+        brightness,
+        brightness_factor,
+        contrast,
+        contrast_factor,
+        lowres,
+        lowres_zoom,
+        gamma_inv,
+        gamma_inv_value,
+        gamma,
+        gamma_value,
+        draw.device_seed(g),
     )
 
 
 def apply_intensity(
-    image: Tensor, p: IntensityParams, settings: AugmentationSettings, *, lowres_axes: tuple[int, ...],
+    image: Tensor,
+    p: IntensityParams,
+    settings: AugmentationSettings,
+    *,
+    lowres_axes: tuple[int, ...],
 ) -> Tensor:
     """Modify `image` (B, C, *S) in place, in nnU-Net's order; returns it for chaining."""
     _add_noise(image, p.noise, p.noise_std, p.noise_seed)

@@ -9,7 +9,8 @@ so a seed gives the same parameters on CPU and CUDA, and `last_params` shows wha
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,12 @@ class Augmenter:
     """Augment (B, C, *input_size()) images and their label maps into (B, C, *patch_size)."""
 
     def __init__(
-        self, settings: AugmentationSettings, patch_size: Sequence[int], *, has_ignore: bool, seed: int,
+        self,
+        settings: AugmentationSettings,
+        patch_size: Sequence[int],
+        *,
+        has_ignore: bool,
+        seed: int,
         in_plane_only: bool = False,
     ):
         self.settings = settings
@@ -56,13 +62,21 @@ class Augmenter:
         """image (B, C, *in) float -> (B, C, *patch); each label (B, 1, *in) int -> (B, 1, *patch)."""
         batch, channels = image.shape[:2]
         spatial_params = spatial.draw_spatial(
-            self.settings, self.patch_size, self.generator, batch,
-            in_plane_only=self.in_plane_only, mirror_axes=self.mirror_axes,
+            self.settings,
+            self.patch_size,
+            self.generator,
+            batch,
+            in_plane_only=self.in_plane_only,
+            mirror_axes=self.mirror_axes,
         )
         intensity_params = draw_intensity(self.settings, self.generator, batch, channels, len(self.patch_size))
         image, labels = spatial.apply_spatial(
-            image, labels, spatial_params, self.patch_size,
-            has_ignore=self.has_ignore, label_interpolation=self.settings.label_interpolation,
+            image,
+            labels,
+            spatial_params,
+            self.patch_size,
+            has_ignore=self.has_ignore,
+            label_interpolation=self.settings.label_interpolation,
         )
         apply_intensity(image, intensity_params, self.settings, lowres_axes=self.lowres_axes)
         if not self.has_ignore:

@@ -69,8 +69,12 @@ class SpatialParams:
 
     def record(self) -> dict[str, Tensor]:
         return {
-            "rotate": self.rotate, "angles_deg": torch.rad2deg(self.angles), "scale": self.scale,
-            "scales": self.scales, "elastic": self.elastic, "mirror": self.mirror,
+            "rotate": self.rotate,
+            "angles_deg": torch.rad2deg(self.angles),
+            "scale": self.scale,
+            "scales": self.scales,
+            "elastic": self.elastic,
+            "mirror": self.mirror,
         }
 
 
@@ -150,8 +154,13 @@ def _plane_mask(dims: int, planar: bool) -> np.ndarray:
 
 
 def draw_spatial(
-    settings: AugmentationSettings, patch_size: tuple[int, ...], g: torch.Generator, batch: int, *,
-    in_plane_only: bool, mirror_axes: tuple[int, ...],
+    settings: AugmentationSettings,
+    patch_size: tuple[int, ...],
+    g: torch.Generator,
+    batch: int,
+    *,
+    in_plane_only: bool,
+    mirror_axes: tuple[int, ...],
 ) -> SpatialParams:
     dims = len(patch_size)
     planar = in_plane(settings, dims, in_plane_only)
@@ -184,8 +193,13 @@ def draw_spatial(
 
 
 def apply_spatial(
-    image: Tensor, labels: list[Tensor], params: SpatialParams, patch_size: tuple[int, ...], *,
-    has_ignore: bool, label_interpolation: str = "nearest",
+    image: Tensor,
+    labels: list[Tensor],
+    params: SpatialParams,
+    patch_size: tuple[int, ...],
+    *,
+    has_ignore: bool,
+    label_interpolation: str = "nearest",
 ) -> tuple[Tensor, list[Tensor]]:
     """image (B, C, *in) -> (B, C, *patch); labels (B, 1, *in) -> (B, 1, *patch), same transform."""
     batch = image.shape[0]
@@ -193,8 +207,9 @@ def apply_spatial(
     if len(in_size) != len(patch_size):
         raise ValueError(f"image {tuple(image.shape)} is not (B, C, *spatial) for a {len(patch_size)}D patch")
     if any(i < p or (i - p) % 2 for i, p in zip(in_size, patch_size)):
-        raise ValueError(f"input patch {in_size} must exceed patch {patch_size} by an even number per axis; "
-                         "deliver Augmenter.input_size()")
+        raise ValueError(
+            f"input patch {in_size} must exceed patch {patch_size} by an even number per axis; deliver Augmenter.input_size()"
+        )
     seg = (labels[0] if len(labels) == 1 else torch.cat(labels, 1)) if labels else None
     resample = params.resample
     out_image = image.new_empty((batch, image.shape[1], *patch_size))
@@ -205,7 +220,7 @@ def apply_spatial(
         crop = (slice(None), slice(None), *[slice((i - p) // 2, (i - p) // 2 + p) for i, p in zip(in_size, patch_size)])
         flips = params.mirror[keep]
         _put(out_image, keep, _mirror(_take(image, keep)[crop], flips))
-        if seg is not None:
+        if seg is not None and out_seg is not None:
             _put(out_seg, keep, _mirror(_take(seg, keep)[crop], flips))
 
     moved = torch.nonzero(resample).flatten()
@@ -218,18 +233,22 @@ def apply_spatial(
         grid = sampling_grid(matrix, displacement, size, patch_size, image.device, image.dtype)
         sampled = F.grid_sample(_take(image, moved)[window], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         _put(out_image, moved, sampled)
-        if seg is not None:
+        if seg is not None and out_seg is not None:
             sample_labels = _labels_linear if label_interpolation == "linear" else _labels_nearest
             _put(out_seg, moved, sample_labels(_take(seg, moved)[window], grid, has_ignore))
 
-    if seg is None:
+    if seg is None or out_seg is None:  # both or neither
         return out_image, []
-    return out_image, [m.to(l.dtype) for m, l in zip(out_seg.split(1, dim=1), labels)]
+    return out_image, [m.to(lab.dtype) for m, lab in zip(out_seg.split(1, dim=1), labels)]
 
 
 def sampling_grid(
-    matrix: Tensor, displacement: Tensor | None, in_size: tuple[int, ...], patch_size: tuple[int, ...],
-    device: torch.device, dtype: torch.dtype,
+    matrix: Tensor,
+    displacement: Tensor | None,
+    in_size: tuple[int, ...],
+    patch_size: tuple[int, ...],
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> Tensor:
     """(k, *patch, dims) grid in grid_sample's normalised (x, y[, z]) order, align_corners=False.
 
@@ -259,7 +278,9 @@ def sampling_grid(
     return grid
 
 
-def _reach_size(matrix: Tensor, displacement: Tensor | None, in_size: tuple[int, ...], patch_size: tuple[int, ...]) -> tuple[int, ...]:
+def _reach_size(
+    matrix: Tensor, displacement: Tensor | None, in_size: tuple[int, ...], patch_size: tuple[int, ...]
+) -> tuple[int, ...]:
     """Smallest centred window of the input these samples read (+1 voxel for interpolation)."""
     half = (torch.tensor(patch_size, dtype=torch.float64) - 1) / 2
     if displacement is not None:
@@ -286,7 +307,7 @@ def _labels_linear(seg: Tensor, grid: Tensor, has_ignore: bool) -> Tensor:
     maps = []
     for m in range(seg.shape[1]):
         values = torch.arange(IGNORE, IGNORE + num_values, device=seg.device, dtype=seg.dtype)
-        onehot = (seg[:, m:m + 1] == values.view(1, -1, *[1] * (seg.ndim - 2))).to(grid.dtype)
+        onehot = (seg[:, m : m + 1] == values.view(1, -1, *[1] * (seg.ndim - 2))).to(grid.dtype)
         weights = F.grid_sample(onehot, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         value = weights.argmax(1) + IGNORE
         maps.append(torch.where(weights.sum(1) < 0.5, outside, value))
@@ -310,7 +331,7 @@ def _take(x: Tensor, index: Tensor) -> Tensor:
     """x[index] along the batch axis; a view (no copy of the enlarged patch) for a contiguous run."""
     first, count = int(index[0]), len(index)
     if int(index[-1]) - first + 1 == count:
-        return x[first:first + count]
+        return x[first : first + count]
     return x[draw.to_device(index, x.device)]
 
 

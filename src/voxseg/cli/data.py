@@ -18,19 +18,29 @@ def _size_range(text: str) -> tuple[int, int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="check a raw dataset folder and list every problem", description=(
-        "Check a raw dataset in nnU-Net's layout (dataset.json, imagesTr/, labelsTr/, optional imagesTs/) "
-        "without changing it: dataset.json keys, file names and channels, label values, image/label geometry. "
-        "Prints every problem with its file and the fix, and exits 1 if there is any; `voxseg plan` runs the same "
-        "checks first."))
+    p = sub.add_parser(
+        "verify",
+        help="check a raw dataset folder and list every problem",
+        description=(
+            "Check a raw dataset in nnU-Net's layout (dataset.json, imagesTr/, labelsTr/, optional imagesTs/) "
+            "without changing it: dataset.json keys, file names and channels, label values, image/label geometry. "
+            "Prints every problem with its file and the fix, and exits 1 if there is any; `voxseg plan` runs the same "
+            "checks first."
+        ),
+    )
     p.add_argument("dataset", type=Path, help="folder with dataset.json, imagesTr/, labelsTr/")
     p.add_argument("-j", "--workers", type=int, default=None, help="processes (default: all cores)")
     p.set_defaults(func=run_verify)
 
-    p = sub.add_parser("demo-data", help="write a small synthetic CT-like dataset", description=(
-        "Write a synthetic CT-like dataset in nnU-Net's layout (an organ and a lesion class on noisy "
-        "anisotropic volumes) to try voxseg or to test a pipeline without real scans; the same seed gives the "
-        "same files."))
+    p = sub.add_parser(
+        "demo-data",
+        help="write a small synthetic CT-like dataset",
+        description=(
+            "Write a synthetic CT-like dataset in nnU-Net's layout (an organ and a lesion class on noisy "
+            "anisotropic volumes) to try voxseg or to test a pipeline without real scans; the same seed gives the "
+            "same files."
+        ),
+    )
     p.add_argument("out_dir", type=Path, help="dataset folder to create (dataset.json, imagesTr/, labelsTr/)")
     p.add_argument("--cases", type=int, default=20, help="training cases")
     p.add_argument("--test-cases", type=int, default=0, help="extra cases written to imagesTs/labelsTs")
@@ -40,8 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size-range", type=_size_range, default=(48, 96), metavar="MIN,MAX", help="image size per axis, in voxels")
     p.add_argument("--regions", action="store_true", help="declare nnU-Net regions: whole = organ + lesion, lesion")
     p.add_argument("--rgb", action="store_true", help="write a 2D natural-image dataset instead: RGB PNG images, PNG labels")
-    p.add_argument("--partial-fraction", type=float, default=0.0,
-                   help="fraction of training cases that annotate only the lesion (dataset.json annotated_classes) (default: 0)")
+    p.add_argument(
+        "--partial-fraction",
+        type=float,
+        default=0.0,
+        help="fraction of training cases that annotate only the lesion (dataset.json annotated_classes) (default: 0)",
+    )
     p.set_defaults(func=run_demo_data)
 
 
@@ -64,8 +78,9 @@ def run_demo_data(args: argparse.Namespace) -> int:
     from voxseg.data.demo import make_demo_dataset, make_rgb_demo_dataset
 
     if args.rgb:
-        out = make_rgb_demo_dataset(args.out_dir, cases=args.cases, test_cases=args.test_cases, seed=args.seed,
-                                    size_range=args.size_range)
+        out = make_rgb_demo_dataset(
+            args.out_dir, cases=args.cases, test_cases=args.test_cases, seed=args.seed, size_range=args.size_range
+        )
         print(f"wrote {args.cases} RGB training cases to {out}")
         return 0
     out = make_demo_dataset(

@@ -16,10 +16,15 @@ from voxseg.errors import DatasetError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the whole pipeline on built-in demo data", description=(
-        "Run every stage on synthetic data and print what each does: demo-data, verify, plan, preprocess, a short "
-        "training of fold 0, prediction of 3 held-out cases, evaluation and an HTML report, all under --out. "
-        "Takes a few minutes on a CPU; a quick check that an installation works."))
+    p = sub.add_parser(
+        "demo",
+        help="run the whole pipeline on built-in demo data",
+        description=(
+            "Run every stage on synthetic data and print what each does: demo-data, verify, plan, preprocess, a short "
+            "training of fold 0, prediction of 3 held-out cases, evaluation and an HTML report, all under --out. "
+            "Takes a few minutes on a CPU; a quick check that an installation works."
+        ),
+    )
     p.add_argument("-o", "--out", type=Path, default=Path("voxseg_demo"), help="output folder (default ./voxseg_demo)")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"), help=DEVICE_HELP)
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 12 on CPU, 50 on GPU)")
@@ -72,7 +77,9 @@ def run_demo(args: argparse.Namespace) -> int:
     stage(f"plan (3d_fullres, {budget} GB training-memory budget) -> {work / 'plans.json'}")
     plan = plan_and_save(raw, work, PlannerOptions(gpu_memory_gb=budget, configs=("3d_fullres",)), progress=False)
     cfg = plan.configuration("3d_fullres")
-    print(f"   spacing {[round(s, 2) for s in cfg.spacing]}, patch {cfg.patch_size}, batch {cfg.batch_size}, features {cfg.network['features']}")
+    print(
+        f"   spacing {[round(s, 2) for s in cfg.spacing]}, patch {cfg.patch_size}, batch {cfg.batch_size}, features {cfg.network['features']}"
+    )
 
     stage("preprocess")
     counts = preprocess_dataset(work, progress=False)

@@ -20,8 +20,13 @@ COMMAND_MODULES = ("data", "plan", "train", "predict", "evaluate", "demo", "mode
 _NO_SPACE = "free disk space (or write to another folder) and run the same command again; finished outputs are kept"
 _NO_ACCESS = "check the permissions of that file or folder, or write somewhere else"
 DEVICE_HELP = "where to compute; auto = a CUDA GPU if visible, else Apple's MPS if available, else the CPU"
-OS_ERROR_FIXES = {errno.ENOSPC: _NO_SPACE, errno.EDQUOT: _NO_SPACE, errno.EACCES: _NO_ACCESS, errno.EPERM: _NO_ACCESS,
-                  errno.EROFS: _NO_ACCESS}
+OS_ERROR_FIXES = {
+    errno.ENOSPC: _NO_SPACE,
+    errno.EDQUOT: _NO_SPACE,
+    errno.EACCES: _NO_ACCESS,
+    errno.EPERM: _NO_ACCESS,
+    errno.EROFS: _NO_ACCESS,
+}
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -33,10 +38,16 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (not action.option_strings or action.nargs == 0 or action.default in (None, argparse.SUPPRESS)
-                or "default" in text.lower()):
+        if (
+            not action.option_strings
+            or action.nargs == 0
+            or action.default in (None, argparse.SUPPRESS)
+            or "default" in text.lower()
+        ):
             return text
-        shown = (",".join(map(str, action.default)) or "none") if isinstance(action.default, (tuple, list)) else str(action.default)
+        shown = (
+            (",".join(map(str, action.default)) or "none") if isinstance(action.default, (tuple, list)) else str(action.default)
+        )
         return f"{text} (default: {shown.replace('%', '%%')})"
 
 
@@ -49,8 +60,11 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="voxseg", description="Self-configuring medical image segmentation: nnU-Net's data semantics "
-                    "(dataset.json, imagesTr/, labelsTr/), one command per stage. `voxseg COMMAND --help` describes each.")
+    parser = Parser(
+        prog="voxseg",
+        description="Self-configuring medical image segmentation: nnU-Net's data semantics "
+        "(dataset.json, imagesTr/, labelsTr/), one command per stage. `voxseg COMMAND --help` describes each.",
+    )
     parser.add_argument("--version", action="version", version=f"voxseg {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -8,15 +8,25 @@ from voxseg.errors import InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("settings", help="list the training settings with their defaults and meanings", description=(
-        "Print the settings `voxseg train` accepts (in a --settings YAML file or as --set group.key=value): every "
-        "group, one group or one key, each with its type, default and meaning. The texts come from the settings "
-        "dataclasses, as docs/settings.md does; --markdown prints that page."))
-    p.add_argument("key", nargs="?", default=None,
-                   help="a group (training, sampling, augmentation, loss, model, heads, logging) or one key such as "
-                        "training.epochs (default: every setting)")
-    p.add_argument("--markdown", action="store_true",
-                   help="print the whole reference as Markdown, the source of docs/settings.md")
+    p = sub.add_parser(
+        "settings",
+        help="list the training settings with their defaults and meanings",
+        description=(
+            "Print the settings `voxseg train` accepts (in a --settings YAML file or as --set group.key=value): every "
+            "group, one group or one key, each with its type, default and meaning. The texts come from the settings "
+            "dataclasses, as docs/settings.md does; --markdown prints that page."
+        ),
+    )
+    p.add_argument(
+        "key",
+        nargs="?",
+        default=None,
+        help="a group (training, sampling, augmentation, loss, model, heads, logging) or one key such as "
+        "training.epochs (default: every setting)",
+    )
+    p.add_argument(
+        "--markdown", action="store_true", help="print the whole reference as Markdown, the source of docs/settings.md"
+    )
     p.set_defaults(func=run_settings)
 
 

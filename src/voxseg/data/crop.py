@@ -7,7 +7,7 @@ needs it (z-score inside the mask), and only on the cropped region.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage

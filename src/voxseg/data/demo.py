@@ -9,6 +9,7 @@ Deterministic for a seed: case i depends only on (seed, i).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from voxseg.errors import InputError
 AIR, TISSUE, ORGAN, LESION = -1000.0, 20.0, 90.0, 160.0
 
 
-def _ellipsoid(grid: list[np.ndarray], centre, radii) -> np.ndarray:
+def _ellipsoid(grid: Sequence[np.ndarray], centre, radii) -> np.ndarray:
     return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0
 
 
@@ -131,8 +132,9 @@ def make_demo_dataset(
     return out
 
 
-def make_rgb_demo_dataset(out_dir: str | Path, *, cases: int = 20, test_cases: int = 0, seed: int = 0,
-                          size_range: tuple[int, int] = (96, 160)) -> Path:
+def make_rgb_demo_dataset(
+    out_dir: str | Path, *, cases: int = 20, test_cases: int = 0, seed: int = 0, size_range: tuple[int, int] = (96, 160)
+) -> Path:
     """A 2D natural-image dataset in nnU-Net's format: RGB ``CASE_0000.png`` files (three channels
     in one file, ``channel_names`` R, G, B) and greyscale ``CASE.png`` label maps: a reddish organ
     (label 1) with greenish lesions (label 2) on a textured background. Deterministic for a seed.

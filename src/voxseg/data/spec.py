@@ -101,7 +101,7 @@ class DatasetSpec:
 
     @property
     def extra_label_dirs(self) -> dict[str, Path]:
-        return {p.name[len("labelsTr_"):]: p for p in sorted(self.root.glob("labelsTr_*")) if p.is_dir()}
+        return {p.name[len("labelsTr_") :]: p for p in sorted(self.root.glob("labelsTr_*")) if p.is_dir()}
 
     def extra_label(self, name: str, case_id: str) -> Path:
         """The case's label map in labelsTr_<name>/."""
@@ -131,7 +131,9 @@ def read_dataset_json(root: Path) -> dict:
         raise NotFoundError("dataset folder not found", path=root, fix="pass the folder that holds dataset.json and imagesTr/")
     path = root / "dataset.json"
     if not path.is_file():
-        raise NotFoundError("dataset.json not found", path=root, fix="create dataset.json as in nnU-Net v2 (channel_names, labels, file_ending)")
+        raise NotFoundError(
+            "dataset.json not found", path=root, fix="create dataset.json as in nnU-Net v2 (channel_names, labels, file_ending)"
+        )
     meta = load_strict(path)
     if not isinstance(meta, dict):
         raise _fail(root, "top level must be a JSON object", "see docs/datasets.md for the layout")
@@ -154,7 +156,9 @@ def parse_labels(root: Path, raw: object) -> tuple[dict[str, int], int | None, d
         elif isinstance(value, list) and value and all(isinstance(v, int) for v in value):
             regions[name] = tuple(value)
         else:
-            raise _fail(root, f"'labels.{name}' must be an integer or a list of integers, got {value!r}", "use integer label values")
+            raise _fail(
+                root, f"'labels.{name}' must be an integer or a list of integers, got {value!r}", "use integer label values"
+            )
     if regions:
         # Region datasets list background as 0 and each region as a list of label values.
         values = sorted({v for r in regions.values() for v in r} | set(labels.values()))
@@ -163,10 +167,16 @@ def parse_labels(root: Path, raw: object) -> tuple[dict[str, int], int | None, d
         raise _fail(root, "'labels.background' must be 0", 'add "background": 0 to labels')
     values = sorted(labels.values())
     if values != list(range(len(values))):
-        raise _fail(root, f"label values must be consecutive 0..K-1, got {values}", "renumber the classes in dataset.json and the label files")
+        raise _fail(
+            root,
+            f"label values must be consecutive 0..K-1, got {values}",
+            "renumber the classes in dataset.json and the label files",
+        )
     if ignore is not None and ignore in labels.values():
         name = next(k for k, v in labels.items() if v == ignore)
-        raise _fail(root, f"ignore value {ignore} collides with class '{name}'", f"use a value no class has, e.g. {max(values) + 1}")
+        raise _fail(
+            root, f"ignore value {ignore} collides with class '{name}'", f"use a value no class has, e.g. {max(values) + 1}"
+        )
     return labels, ignore, (regions or None)
 
 
@@ -176,7 +186,11 @@ def parse_file_ending(root: Path, meta: dict) -> str:
     if not isinstance(ending, str) or not ending.startswith("."):
         raise _fail(root, "key 'file_ending' missing or not like '.nii.gz'", 'add "file_ending": ".nii.gz"')
     if ending.lower() not in SUPPORTED_ENDINGS:
-        raise _fail(root, f"file_ending '{ending}' is not a supported format", f"convert the files to one of {', '.join(SUPPORTED_ENDINGS)}")
+        raise _fail(
+            root,
+            f"file_ending '{ending}' is not a supported format",
+            f"convert the files to one of {', '.join(SUPPORTED_ENDINGS)}",
+        )
     return ending
 
 
@@ -208,7 +222,9 @@ def load_dataset(root: str | Path) -> DatasetSpec:
     if groups is not None and not (isinstance(groups, dict) and all(isinstance(v, str) for v in groups.values())):
         raise _fail(root, "'groups' must map case id -> group id (strings)", 'e.g. "groups": {"case_001": "patient_A"}')
 
-    annotated = _parse_annotated(root, meta.get("annotated_classes"), list(regions) if regions else [n for n in labels if labels[n] != 0])
+    annotated = _parse_annotated(
+        root, meta.get("annotated_classes"), list(regions) if regions else [n for n in labels if labels[n] != 0]
+    )
     listed = "dataset" in meta
     if listed:
         training = _listed_cases(root, given, meta["dataset"])
@@ -224,7 +240,7 @@ def load_dataset(root: str | Path) -> DatasetSpec:
         labels=labels,
         ignore_value=ignore,
         regions=regions,
-        regions_class_order=tuple(rco) if regions else None,
+        regions_class_order=tuple(rco) if regions and isinstance(rco, list) else None,
         file_ending=ending,
         training=training,
         test=test,
@@ -249,8 +265,11 @@ def _parse_annotated(root: Path, raw: object, names: list[str]) -> dict[str, tup
             raise _fail(root, f"'annotated_classes.{case_id}' must be a list of class names, got {value!r}", fix)
         unknown = [v for v in value if v not in names]
         if unknown:
-            raise _fail(root, f"'annotated_classes.{case_id}' names {unknown}, which are not foreground {'regions' if names and names[0] else 'classes'} in labels",
-                        f"use names from {names}")
+            raise _fail(
+                root,
+                f"'annotated_classes.{case_id}' names {unknown}, which are not foreground {'regions' if names and names[0] else 'classes'} in labels",
+                f"use names from {names}",
+            )
         out[str(case_id)] = tuple(value)
     return out
 
@@ -258,13 +277,19 @@ def _parse_annotated(root: Path, raw: object, names: list[str]) -> dict[str, tup
 def _listed_cases(root: Path, given: Path, listing: object) -> tuple[CaseFiles, ...]:
     """Cases of an explicit "dataset" mapping: {case: {"images": [...], "label": "..."}}."""
     if not isinstance(listing, dict):
-        raise _fail(root, "'dataset' must map case id -> {\"images\": [...], \"label\": ...}", "see nnU-Net's dataset.json 'dataset' layout")
+        raise _fail(
+            root, '\'dataset\' must map case id -> {"images": [...], "label": ...}', "see nnU-Net's dataset.json 'dataset' layout"
+        )
     cases = []
     for case_id, entry in listing.items():
         images = entry.get("images") if isinstance(entry, dict) else None
         label = entry.get("label") if isinstance(entry, dict) else None
         if not (isinstance(images, list) and images and all(isinstance(p, str) for p in images)):
-            raise _fail(root, f"'dataset.{case_id}.images' must be a non-empty list of file paths", '"images": ["imagesTr/CASE_0000.nii.gz"]')
+            raise _fail(
+                root,
+                f"'dataset.{case_id}.images' must be a non-empty list of file paths",
+                '"images": ["imagesTr/CASE_0000.nii.gz"]',
+            )
         if not isinstance(label, str):
             raise _fail(root, f"'dataset.{case_id}.label' must be a file path", '"label": "labelsTr/CASE.nii.gz"')
         cases.append(CaseFiles(case_id, tuple(_listed_path(given, p) for p in images), _listed_path(given, label)))
@@ -317,8 +342,11 @@ def map_label_values(array: np.ndarray, ignore_value: int | None) -> np.ndarray:
 def refuse_jpeg_label(path: str | Path) -> None:
     """JPEG is lossy: class values smear at every edge, so a JPEG label map is never trusted."""
     if file_ending(path) in _JPEG:
-        raise DatasetError("label map is a JPEG: lossy compression changes class values along every edge", path=path,
-                           fix="save label maps as PNG (lossless); for JPEG images labelsTr/ holds CASE.png")
+        raise DatasetError(
+            "label map is a JPEG: lossy compression changes class values along every edge",
+            path=path,
+            fix="save label maps as PNG (lossless); for JPEG images labelsTr/ holds CASE.png",
+        )
 
 
 def read_label(path: str | Path, spec: DatasetSpec) -> tuple[np.ndarray, Geometry]:

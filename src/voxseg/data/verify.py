@@ -80,7 +80,13 @@ def _check_case(job: CaseJob) -> CaseReport:
     components: list[int] = []
     for path in case.images:
         if not path.is_file():
-            problems.append(Problem(str(path), f"image file listed for case '{case.case_id}' is missing", "fix the path in dataset.json or add the file"))
+            problems.append(
+                Problem(
+                    str(path),
+                    f"image file listed for case '{case.case_id}' is missing",
+                    "fix the path in dataset.json or add the file",
+                )
+            )
             continue
         try:
             array, geom = read_channels(path, job.reader)
@@ -90,7 +96,9 @@ def _check_case(job: CaseJob) -> CaseReport:
         components.append(array.shape[0])
         n = count_non_finite(path, array)
         if n:
-            problems.append(Problem(str(path), f"{n} NaN/Inf voxels", "replace them (e.g. with the background value) before training"))
+            problems.append(
+                Problem(str(path), f"{n} NaN/Inf voxels", "replace them (e.g. with the background value) before training")
+            )
         if ref is None:
             ref = (array.shape[1:], geom, path.name)
         else:
@@ -100,7 +108,13 @@ def _check_case(job: CaseJob) -> CaseReport:
     for path in ((case.label,) if case.label else ()) + job.extra_labels:
         if not path.is_file():
             if path == case.label:
-                problems.append(Problem(str(path), f"label file missing for case '{case.case_id}'", "add the label map or remove the case's images"))
+                problems.append(
+                    Problem(
+                        str(path),
+                        f"label file missing for case '{case.case_id}'",
+                        "add the label map or remove the case's images",
+                    )
+                )
             continue
         try:
             refuse_jpeg_label(path)
@@ -120,15 +134,23 @@ def _channel_problems(job: CaseJob, components: list[int]) -> list[Problem]:
     case, n, images = job.case, job.n_channels, job.case.images
     missing: list[Path] = []
     if not job.listed:
-        present = {case_id_of(p, job.ending)[1] for p in images}
+        present = {parsed[1] for p in images if (parsed := case_id_of(p, job.ending)) is not None}  # scanned: all parse
         # One channel per file: CASE_0000 .. CASE_{n-1} must all exist; multi-channel files: no gaps.
         expected = n if all(c == 1 for c in components) else max(present) + 1
         missing = [images[0].with_name(f"{case.case_id}_{i:04d}{job.ending}") for i in range(expected) if i not in present]
-    problems = [Problem(str(p), f"channel file missing for case '{case.case_id}'", "add the file or remove the case's other files") for p in missing]
+    problems = [
+        Problem(str(p), f"channel file missing for case '{case.case_id}'", "add the file or remove the case's other files")
+        for p in missing
+    ]
     if sum(components) + len(missing) != n:
         counts = " + ".join(map(str, components))
-        problems.append(Problem(str(images[0]), f"the case's files hold {counts} channels but channel_names lists {n}",
-                                "list every channel of the files in channel_names (an RGB file holds 3: R, G, B)"))
+        problems.append(
+            Problem(
+                str(images[0]),
+                f"the case's files hold {counts} channels but channel_names lists {n}",
+                "list every channel of the files in channel_names (an RGB file holds 3: R, G, B)",
+            )
+        )
     return problems
 
 
@@ -139,8 +161,13 @@ def _label_value_problems(path: Path, array: np.ndarray, job: CaseJob) -> list[P
     if not undeclared:
         return []
     if job.partial:
-        return [Problem(str(path), f"label values {undeclared} belong to classes that 'annotated_classes' says this case does not annotate",
-                        "add those classes to the case's annotated_classes in dataset.json, or remove them from the label map")]
+        return [
+            Problem(
+                str(path),
+                f"label values {undeclared} belong to classes that 'annotated_classes' says this case does not annotate",
+                "add those classes to the case's annotated_classes in dataset.json, or remove them from the label map",
+            )
+        ]
     fix = "declare them under 'labels' or fix the label map"
     if 255 in undeclared and file_ending(path) in _NATURAL:
         fix = "image editors save masks as 0/255: map 255 to the class value (e.g. 1), or declare it under 'labels'"
@@ -163,7 +190,13 @@ def _compare(path: Path, shape, geom: Geometry, ref_shape, ref_geom: Geometry, r
         return [Problem(str(path), f"shape {shape} differs from {ref_name} {ref_shape}", "resample it onto the image grid")]
     bad = geom.differs_from(ref_geom)
     if bad:
-        return [Problem(str(path), f"{', '.join(bad)} differ from {ref_name}", "copy the image's geometry onto it (e.g. SimpleITK CopyInformation) if the voxels align, else resample")]
+        return [
+            Problem(
+                str(path),
+                f"{', '.join(bad)} differ from {ref_name}",
+                "copy the image's geometry onto it (e.g. SimpleITK CopyInformation) if the voxels align, else resample",
+            )
+        ]
     return []
 
 
@@ -175,16 +208,25 @@ def _empty_folder(spec: DatasetSpec, folder: str, ending: str) -> Problem | None
     """One line for a folder with nothing to read: missing, empty, or only other endings."""
     d = spec.root / folder
     if not d.is_dir():
-        return Problem(str(d), f"folder {folder}/ not found", f"put the files CASE{ending if folder != 'imagesTr' else '_0000' + ending} in {d}")
+        return Problem(
+            str(d),
+            f"folder {folder}/ not found",
+            f"put the files CASE{ending if folder != 'imagesTr' else '_0000' + ending} in {d}",
+        )
     files = [p for p in _files(d) if p.is_file()]
     if any(p.name.endswith(ending) for p in files):
         return None
     others = Counter(file_ending(p) for p in files if file_ending(p) in SUPPORTED_ENDINGS)
     if others:
         other, count = others.most_common(1)[0]
-        return Problem(str(d), f"no files ending in '{ending}' but {count} ending in '{other}'",
-                       f"set file_ending to '{other}' in dataset.json, or convert the files to {ending}")
-    return Problem(str(d), f"no files ending in '{ending}'", f"add the files (CASE{'_0000' if folder == 'imagesTr' else ''}{ending})")
+        return Problem(
+            str(d),
+            f"no files ending in '{ending}' but {count} ending in '{other}'",
+            f"set file_ending to '{other}' in dataset.json, or convert the files to {ending}",
+        )
+    return Problem(
+        str(d), f"no files ending in '{ending}'", f"add the files (CASE{'_0000' if folder == 'imagesTr' else ''}{ending})"
+    )
 
 
 def _folder_problems(spec: DatasetSpec) -> tuple[list[Problem], bool]:
@@ -210,10 +252,21 @@ def _folder_problems(spec: DatasetSpec) -> tuple[list[Problem], bool]:
                 continue  # spacing sidecars of 3D TIFFs
             if not p.name.endswith(ending):
                 if folder != "imagesTr" and found in (".jpg", ".jpeg"):
-                    problems.append(Problem(str(p), "label map is a JPEG: lossy compression changes class values along every edge",
-                                            f"save it as {p.name[: -len(found)]}{ending} (PNG is lossless)"))
+                    problems.append(
+                        Problem(
+                            str(p),
+                            "label map is a JPEG: lossy compression changes class values along every edge",
+                            f"save it as {p.name[: -len(found)]}{ending} (PNG is lossless)",
+                        )
+                    )
                 elif found in SUPPORTED_ENDINGS:
-                    problems.append(Problem(str(p), f"file ending '{found}' but dataset.json says '{ending}'", f"convert it to {ending} or change file_ending"))
+                    problems.append(
+                        Problem(
+                            str(p),
+                            f"file ending '{found}' but dataset.json says '{ending}'",
+                            f"convert it to {ending} or change file_ending",
+                        )
+                    )
                 else:
                     problems.append(Problem(str(p), "unexpected file", f"remove it from {folder}/"))
                 stems[p.name[: -len(found)] if found else p.name] += 1
@@ -224,12 +277,22 @@ def _folder_problems(spec: DatasetSpec) -> tuple[list[Problem], bool]:
                 if parsed is None:
                     problems.append(Problem(str(p), "name does not follow CASE_XXXX" + ending, f"rename to <case>_0000{ending}"))
                 elif parsed[1] >= len(spec.channel_names):
-                    problems.append(Problem(str(p), f"channel {parsed[1]} not in channel_names", "declare the channel or remove the file"))
+                    problems.append(
+                        Problem(str(p), f"channel {parsed[1]} not in channel_names", "declare the channel or remove the file")
+                    )
             elif folder == "labelsTr" and p.name[: -len(ending)] not in with_images:
-                problems.append(Problem(str(p), "label has no images", f"add imagesTr/{p.name[: -len(ending)]}_0000{image_ending} or remove it"))
+                problems.append(
+                    Problem(
+                        str(p), "label has no images", f"add imagesTr/{p.name[: -len(ending)]}_0000{image_ending} or remove it"
+                    )
+                )
         for stem, n in stems.items():
             if n > 1:
-                problems.append(Problem(str(d / stem), f"{n} files for the same name with different endings", "keep one file per case/channel"))
+                problems.append(
+                    Problem(
+                        str(d / stem), f"{n} files for the same name with different endings", "keep one file per case/channel"
+                    )
+                )
     return problems, not labels_empty
 
 
@@ -253,31 +316,55 @@ def verify_dataset(root: str | Path, workers: int | None = None, progress: bool 
     except DatasetError as e:
         return [Problem(e.path or str(root), e.message, e.fix or "")]
     dataset_json = str(spec.root / "dataset.json")
+    problems: list[Problem]
     if spec.listed:
         problems, check_labels = [], True  # only the listed files matter; others in the folders are ignored
         if not spec.training:
-            return [Problem(dataset_json, "'dataset' lists no cases", "list the training cases or remove the key to use imagesTr/")]
+            return [
+                Problem(dataset_json, "'dataset' lists no cases", "list the training cases or remove the key to use imagesTr/")
+            ]
     else:
         problems, check_labels = _folder_problems(spec)
         if not spec.training:
             return problems
     if spec.num_training_declared is not None and spec.num_training_declared != len(spec.training):
-        problems.append(Problem(dataset_json, f"numTraining is {spec.num_training_declared} but {len(spec.training)} cases were found", f"set numTraining to {len(spec.training)}"))
+        problems.append(
+            Problem(
+                dataset_json,
+                f"numTraining is {spec.num_training_declared} but {len(spec.training)} cases were found",
+                f"set numTraining to {len(spec.training)}",
+            )
+        )
     if spec.annotated_classes is not None:
         unknown = sorted(set(spec.annotated_classes) - set(spec.case_ids))
         if unknown:
-            problems.append(Problem(dataset_json, f"'annotated_classes' names unknown cases {unknown[:5]}{'...' if len(unknown) > 5 else ''}",
-                                    "use training case ids (a case not listed is fully annotated)"))
+            problems.append(
+                Problem(
+                    dataset_json,
+                    f"'annotated_classes' names unknown cases {unknown[:5]}{'...' if len(unknown) > 5 else ''}",
+                    "use training case ids (a case not listed is fully annotated)",
+                )
+            )
     if spec.groups is not None:
         missing = sorted(set(spec.case_ids) - set(spec.groups))
         if missing:
-            problems.append(Problem(dataset_json, f"'groups' lacks cases {missing[:5]}{'...' if len(missing) > 5 else ''}", "give every case a group"))
+            problems.append(
+                Problem(
+                    dataset_json,
+                    f"'groups' lacks cases {missing[:5]}{'...' if len(missing) > 5 else ''}",
+                    "give every case a group",
+                )
+            )
     declared = tuple(sorted(spec.labels.values()))
     jobs = [
         CaseJob(
             case=case if check_labels else CaseFiles(case.case_id, case.images, None),
-            n_channels=len(spec.channel_names), ending=spec.file_ending, declared=_annotated_values(spec, case.case_id) or declared,
-            ignore_value=spec.ignore_value, reader=spec.reader, listed=spec.listed,
+            n_channels=len(spec.channel_names),
+            ending=spec.file_ending,
+            declared=_annotated_values(spec, case.case_id) or declared,
+            ignore_value=spec.ignore_value,
+            reader=spec.reader,
+            listed=spec.listed,
             extra_labels=tuple(spec.extra_label(name, case.case_id) for name in spec.extra_label_dirs),
             partial=_annotated_values(spec, case.case_id) is not None,
         )
@@ -290,5 +377,11 @@ def verify_dataset(root: str | Path, workers: int | None = None, progress: bool 
         majority = dims.most_common(1)[0][0]
         for case, rep in zip(spec.training, reports):
             if rep.ndim is not None and rep.ndim != majority:
-                case_problems.append(Problem(str(case.images[0]), f"{rep.ndim}D image in a dataset of {majority}D images", "all cases must have the same dimensionality"))
+                case_problems.append(
+                    Problem(
+                        str(case.images[0]),
+                        f"{rep.ndim}D image in a dataset of {majority}D images",
+                        "all cases must have the same dimensionality",
+                    )
+                )
     return problems + _fold_repeats(case_problems)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -58,14 +58,18 @@ def load_label_setup(dataset_json: str | Path) -> LabelSetup:
     ending = meta.get("file_ending")
     if not isinstance(ending, str) or not ending.startswith("."):
         raise InputError("key 'file_ending' missing", path=path, fix='add "file_ending": ".nii.gz"')
+    groups: dict[str, int | tuple[int, ...]]
     if regions:
         groups = {name: tuple(v) for name, v in regions.items()}
     else:
         groups = {name: v for name, v in labels.items() if v != 0}
     ordered = sorted(groups.items(), key=lambda kv: (kv[1],) if isinstance(kv[1], int) else kv[1])
     annotated = meta.get("annotated_classes") or {}
-    unannotated = {str(case): frozenset(label_key(v) for name, v in ordered if name not in names)
-                   for case, names in annotated.items() if isinstance(names, list)}
+    unannotated = {
+        str(case): frozenset(label_key(v) for name, v in ordered if name not in names)
+        for case, names in annotated.items()
+        if isinstance(names, list)
+    }
     return LabelSetup(
         file_ending=label_file_ending(ending),
         ignore_value=ignore,
@@ -83,14 +87,18 @@ def match_cases(pred_dir: str | Path, ref_dir: str | Path, file_ending: str) -> 
             raise NotFoundError(f"{what} folder not found", path=folder, fix=f"pass the folder holding the {what} files")
     preds = sorted(p for p in pred_dir.iterdir() if p.name.endswith(file_ending) and not p.name.startswith("."))
     if not preds:
-        raise InputError(f"no prediction files ending in {file_ending}", path=pred_dir,
-                         fix="check the folder and the dataset's file_ending")
+        raise InputError(
+            f"no prediction files ending in {file_ending}", path=pred_dir, fix="check the folder and the dataset's file_ending"
+        )
     pairs = []
     for p in preds:
         ref = ref_dir / p.name
         if not ref.is_file():
-            raise InputError("prediction has no reference file of the same name", path=p,
-                             fix=f"put {p.name} in {ref_dir} or remove the prediction")
+            raise InputError(
+                "prediction has no reference file of the same name",
+                path=p,
+                fix=f"put {p.name} in {ref_dir} or remove the prediction",
+            )
         pairs.append((p.name[: -len(file_ending)], p, ref))
     return pairs
 
@@ -116,14 +124,19 @@ def iter_case_pairs(pred_dir, ref_dir, setup: LabelSetup) -> Iterator[tuple[str,
         yield (case_id, *read_pair(case_id, p, r, setup))
 
 
-def evaluate_case(case_id: str, pred_path: Path, ref_path: Path, setup: LabelSetup,
-                  metrics: Sequence[str], nsd_tolerance: float) -> dict:
+def evaluate_case(
+    case_id: str, pred_path: Path, ref_path: Path, setup: LabelSetup, metrics: Sequence[str], nsd_tolerance: float
+) -> dict:
     pred, ref, geometry = read_pair(case_id, pred_path, ref_path, setup)
     values = compute_metrics(pred, ref, setup.eval_labels, geometry.spacing, metrics=metrics, nsd_tolerance=nsd_tolerance)
     for key in setup.unannotated.get(case_id, ()):
         values[key] = {m: float("nan") for m in values[key]}
-    return {"case_id": case_id, "prediction_file": str(pred_path.resolve()), "reference_file": str(ref_path.resolve()),
-            "metrics": values}
+    return {
+        "case_id": case_id,
+        "prediction_file": str(pred_path.resolve()),
+        "reference_file": str(ref_path.resolve()),
+        "metrics": values,
+    }
 
 
 def _evaluate_job(job: tuple) -> dict:
@@ -157,8 +170,13 @@ def evaluate_folders(
         "mean": means,
         "metric_per_case": per_case,
         "label_names": setup.names,
-        "settings": {"metrics": list(metrics), "nsd_tolerance_mm": nsd_tolerance, "ignore_value": setup.ignore_value,
-                     "prediction_dir": str(Path(pred_dir).resolve()), "reference_dir": str(Path(ref_dir).resolve())},
+        "settings": {
+            "metrics": list(metrics),
+            "nsd_tolerance_mm": nsd_tolerance,
+            "ignore_value": setup.ignore_value,
+            "prediction_dir": str(Path(pred_dir).resolve()),
+            "reference_dir": str(Path(ref_dir).resolve()),
+        },
     }
     output = Path(output) if output is not None else Path(pred_dir) / "summary.json"
     atomic_write_json(output, summary)
@@ -174,6 +192,12 @@ def summary_csv(summary: dict) -> str:
     names = summary.get("label_names", {})
     for case in summary["metric_per_case"]:
         for key, values in case["metrics"].items():
-            writer.writerow({"case_id": case.get("case_id", Path(case["reference_file"]).name), "label": key,
-                             "name": names.get(key, ""), **values})
+            writer.writerow(
+                {
+                    "case_id": case.get("case_id", Path(case["reference_file"]).name),
+                    "label": key,
+                    "name": names.get(key, ""),
+                    **values,
+                }
+            )
     return buffer.getvalue()

@@ -18,7 +18,7 @@ Conventions (documented in docs/evaluation.md):
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage

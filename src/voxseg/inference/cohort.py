@@ -19,11 +19,11 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -74,7 +74,9 @@ def discover_cases(input_dir: Path) -> tuple[list[CaseInput], str]:
     files = sorted(p for p in input_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     endings = {file_ending(p) for p in files if case_id_of(p, file_ending(p))}
     if not endings:
-        raise InputError("no images named CASE_0000<ending> found", path=input_dir, fix="name images like nnU-Net: CASE_0000.nii.gz")
+        raise InputError(
+            "no images named CASE_0000<ending> found", path=input_dir, fix="name images like nnU-Net: CASE_0000.nii.gz"
+        )
     if len(endings) > 1:
         raise InputError(f"mixed file endings {sorted(endings)}", path=input_dir, fix="keep one format per folder")
     ending = endings.pop()
@@ -238,16 +240,25 @@ def predict(
         >>> result.failed
         {}
     """
-    run_dirs = [Path(r) for r in run_dirs]
+    runs = [Path(r) for r in run_dirs]
     dev = resolve_device(device, local_rank=int(os.environ.get("LOCAL_RANK", 0)))
     dist = init_distributed(dev.type)
     try:
-        groups = load_models(run_dirs, folds, checkpoint, dev, backend)
-        predictor = Predictor(groups, dev, tta=tta, step=step, tile_batch=tile_batch, postprocessing=load_postprocessing(run_dirs))
+        groups = load_models(runs, folds, checkpoint, dev, backend)
+        predictor = Predictor(groups, dev, tta=tta, step=step, tile_batch=tile_batch, postprocessing=load_postprocessing(runs))
         cases, ending = discover_cases(Path(input_dir))
         cases = select_part(select_part(cases, part), (dist.rank, dist.world_size) if dist.world_size > 1 else None)
-        result = predict_cases(predictor, cases, ending, Path(output_dir), save_probabilities=save_probabilities, heads=heads,
-                               progress=progress and dist.is_main, io_workers=io_workers, skip_existing=skip_existing)
+        result = predict_cases(
+            predictor,
+            cases,
+            ending,
+            Path(output_dir),
+            save_probabilities=save_probabilities,
+            heads=heads,
+            progress=progress and dist.is_main,
+            io_workers=io_workers,
+            skip_existing=skip_existing,
+        )
         return merge_results(dist.gather(result))
     finally:
         shutdown_distributed()

@@ -8,16 +8,17 @@ Only `voxseg.model` is needed to rebuild a network: inference never imports the 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from voxseg.errors import CheckpointError, InputError
 from voxseg.inference.onnx_backend import OnnxNetwork
-from voxseg.inference.package import installed_runs, locate, localize, package_checkpoints, package_postprocessing
+from voxseg.inference.package import installed_runs, localize, locate, package_checkpoints, package_postprocessing
 from voxseg.model.checkpoint import load_checkpoint, network_from_meta
 from voxseg.model.outputs import OutputScheme
 from voxseg.plans import ConfigurationPlan, Plan
@@ -59,16 +60,22 @@ def fold_dirs(run_dir: Path, folds: Sequence[str] | None) -> list[Path]:
     if folds is not None:
         missing = [f for f in folds if not (run_dir / f"fold_{f}").is_dir()]
         if missing:
-            raise CheckpointError(f"fold(s) {missing} not trained (found {[p.name for p in found]})", path=run_dir,
-                                  fix="train them, or pass --folds with trained folds only")
+            raise CheckpointError(
+                f"fold(s) {missing} not trained (found {[p.name for p in found]})",
+                path=run_dir,
+                fix="train them, or pass --folds with trained folds only",
+            )
         found = [run_dir / f"fold_{f}" for f in folds]
     if not found:
-        raise CheckpointError("no trained folds found", path=run_dir, fix="pass a run folder holding fold_N/ with checkpoints (train first)")
+        raise CheckpointError(
+            "no trained folds found", path=run_dir, fix="pass a run folder holding fold_N/ with checkpoints (train first)"
+        )
     return found
 
 
-def _checkpoints(run_dir: Path, folds: Sequence[str] | None, checkpoint: str | None,
-                 onnx: bool) -> Iterator[tuple[Path, dict, bytes | str | None]]:
+def _checkpoints(
+    run_dir: Path, folds: Sequence[str] | None, checkpoint: str | None, onnx: bool
+) -> Iterator[tuple[Path, dict, bytes | str | None]]:
     """(checkpoint file, checkpoint, its ONNX network when `onnx`) for each fold of a run folder, a
     model zip or a folder `voxseg install` wrote (`voxseg.inference.package`)."""
     if locate(run_dir) is not None:
@@ -84,13 +91,17 @@ def _checkpoints(run_dir: Path, folds: Sequence[str] | None, checkpoint: str | N
         ckpt = load_checkpoint(path, map_location="cpu")
         localize(ckpt.get("meta"), fold_dir.parent, fold_dir.parent)
         if onnx and not path.with_suffix(".onnx").is_file():
-            raise CheckpointError("no ONNX network beside the checkpoint", path=path.with_suffix(".onnx"),
-                                  fix="export the run with `voxseg export RUN_DIR -o MODEL.zip --onnx` and predict from that zip")
+            raise CheckpointError(
+                "no ONNX network beside the checkpoint",
+                path=path.with_suffix(".onnx"),
+                fix="export the run with `voxseg export RUN_DIR -o MODEL.zip --onnx` and predict from that zip",
+            )
         yield path, ckpt, str(path.with_suffix(".onnx")) if onnx else None
 
 
-def load_models(run_dirs: Sequence[Path], folds: Sequence[str] | None, checkpoint: str | None, device: torch.device,
-                backend: str = "torch") -> list[ModelGroup]:
+def load_models(
+    run_dirs: Sequence[Path], folds: Sequence[str] | None, checkpoint: str | None, device: torch.device, backend: str = "torch"
+) -> list[ModelGroup]:
     """The networks of run folders, model zips or installed models, grouped by configuration.
 
     `checkpoint` None means "final" for run folders and the kind a zip holds; `backend` "onnx" runs
@@ -105,8 +116,11 @@ def load_models(run_dirs: Sequence[Path], folds: Sequence[str] | None, checkpoin
         for path, ckpt, onnx in _checkpoints(Path(run_dir), folds, checkpoint, backend == "onnx"):
             meta = ckpt.get("meta")
             if not isinstance(meta, dict) or "plan" not in meta:
-                raise CheckpointError("not a voxseg checkpoint (no 'meta')", path=path,
-                                      fix="pass a run folder written by `voxseg train`; nnU-Net models: `voxseg import-nnunet`")
+                raise CheckpointError(
+                    "not a voxseg checkpoint (no 'meta')",
+                    path=path,
+                    fix="pass a run folder written by `voxseg train`; nnU-Net models: `voxseg import-nnunet`",
+                )
             if onnx is not None:
                 network: nn.Module = OnnxNetwork(onnx, device)
             else:
@@ -116,15 +130,28 @@ def load_models(run_dirs: Sequence[Path], folds: Sequence[str] | None, checkpoin
             mirror = meta.get("mirror_axes")
             recipe = meta.get("inference", {})
             previous = meta.get("previous_stage")
-            key = (json.dumps(meta["plan"], sort_keys=True), meta["config_name"], json.dumps([mirror, recipe, previous], sort_keys=True))
-            heads = [h["name"] for h in meta.get("network_spec", {}).get("heads", [])] or \
-                [h["name"] for h in meta.get("settings", {}).get("heads", [])]
-            group = groups.setdefault(key, ModelGroup(Plan.from_json(meta["plan"]), meta["config_name"], head_names=heads,
-                                                      mirror_axes=None if mirror is None else tuple(mirror), recipe=recipe))
+            key = (
+                json.dumps(meta["plan"], sort_keys=True),
+                meta["config_name"],
+                json.dumps([mirror, recipe, previous], sort_keys=True),
+            )
+            heads = [h["name"] for h in meta.get("network_spec", {}).get("heads", [])] or [
+                h["name"] for h in meta.get("settings", {}).get("heads", [])
+            ]
+            group = groups.setdefault(
+                key,
+                ModelGroup(
+                    Plan.from_json(meta["plan"]),
+                    meta["config_name"],
+                    head_names=heads,
+                    mirror_axes=None if mirror is None else tuple(mirror),
+                    recipe=recipe,
+                ),
+            )
             group.networks.append(network)
             group.sources.append(path)
             if previous is not None and group.previous is None:
-                kind = path.stem[len("checkpoint_"):]  # the stage's own kind (a zip's or installed model's, when not asked)
+                kind = path.stem[len("checkpoint_") :]  # the stage's own kind (a zip's or installed model's, when not asked)
                 group.previous = _previous_stage(Path(previous["run_dir"]), kind, device, path, backend)
     out = list(groups.values())
     if any(g.plan.num_classes != out[0].plan.num_classes or g.outputs != out[0].outputs for g in out):
@@ -135,8 +162,11 @@ def load_models(run_dirs: Sequence[Path], folds: Sequence[str] | None, checkpoin
 def _previous_stage(run_dir: Path, checkpoint: str, device: torch.device, source: Path, backend: str) -> ModelGroup:
     """A cascade's previous stage: every fold of the run its checkpoint records (one group)."""
     if not run_dir.is_dir() and locate(run_dir) is None:
-        raise CheckpointError(f"the cascade's previous stage {run_dir} is gone", path=source,
-                              fix="restore that run folder, or retrain the cascade with --previous-stage")
+        raise CheckpointError(
+            f"the cascade's previous stage {run_dir} is gone",
+            path=source,
+            fix="restore that run folder, or retrain the cascade with --previous-stage",
+        )
     (group,) = load_models([run_dir], None, checkpoint, device, backend)
     return group
 

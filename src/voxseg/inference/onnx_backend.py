@@ -83,26 +83,41 @@ def export_onnx(meta: dict, state: dict, *, opset: int = OPSET, source: Path | N
     with torch.inference_mode():
         reference = network(x)
     names = ["seg", *(k for k in reference if k != "seg")]
-    spatial = {2 + i: a for i, a in enumerate(AXES[-len(patch):])}
+    spatial = {2 + i: a for i, a in enumerate(AXES[-len(patch) :])}
     dynamic = {n: {0: "batch", **spatial} for n in ["image", *names]}
     legacy: dict[str, Any] = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     with tempfile.TemporaryDirectory(prefix="voxseg-onnx-") as tmp:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the exporter's deprecation and instance-norm training-mode notes
-                torch.onnx.export(_FullResolution(network, names), (x,), Path(tmp) / "network.onnx", input_names=["image"],
-                                  output_names=names, dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True, **legacy)
-        except Exception as e:  # noqa: BLE001 -- an operation without an ONNX equivalent, a network branching on shapes, ...
-            raise CheckpointError(f"cannot export the network to ONNX ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
-                                  path=source, fix="export without --onnx and predict with the torch backend") from None
+                torch.onnx.export(
+                    _FullResolution(network, names),
+                    (x,),
+                    Path(tmp) / "network.onnx",
+                    input_names=["image"],
+                    output_names=names,
+                    dynamic_axes=dynamic,
+                    opset_version=opset,
+                    do_constant_folding=True,
+                    **legacy,
+                )
+        except Exception as e:  # an operation without an ONNX equivalent, a network branching on shapes, ...
+            raise CheckpointError(
+                f"cannot export the network to ONNX ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                path=source,
+                fix="export without --onnx and predict with the torch backend",
+            ) from None
         data = (Path(tmp) / "network.onnx").read_bytes()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     outputs = session.run(names, {"image": x.numpy()})
     diff = max(float(np.abs(o - reference[n][0].numpy()).max()) for n, o in zip(names, outputs))
     scale = max(float(reference[n][0].abs().max()) for n in names)
     if not diff <= 1e-3 * max(scale, 1.0):
-        raise CheckpointError(f"the ONNX network disagrees with torch (largest logit difference {diff:.3g})", path=source,
-                              fix="export without --onnx and predict with the torch backend")
+        raise CheckpointError(
+            f"the ONNX network disagrees with torch (largest logit difference {diff:.3g})",
+            path=source,
+            fix="export without --onnx and predict with the torch backend",
+        )
     return data, diff
 
 
@@ -135,11 +150,16 @@ class OnnxNetwork(nn.Module):
         providers: list[Any] = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                warnings.warn("onnxruntime has no CUDA provider: the ONNX networks run on the CPU "
-                              "(install onnxruntime-gpu to run them on the GPU)", stacklevel=2)
+                warnings.warn(
+                    "onnxruntime has no CUDA provider: the ONNX networks run on the CPU "
+                    "(install onnxruntime-gpu to run them on the GPU)",
+                    stacklevel=2,
+                )
             else:
                 providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
-        self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=options, providers=providers)
+        self.session = ort.InferenceSession(
+            model if isinstance(model, bytes) else str(model), sess_options=options, providers=providers
+        )
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 

@@ -80,7 +80,11 @@ class ExportResult:
 def _code_refs(meta: dict) -> Iterator[tuple[dict, str, re.Match]]:
     """(holder, key, parsed spec) of every ``path/file.py:attr`` a checkpoint's network is built from."""
     spec = meta.get("network_spec") or {}
-    for holder, key in ((meta, "builder"), (spec.get("model") or {}, "architecture"), (spec.get("network") or {}, "architecture")):
+    for holder, key in (
+        (meta, "builder"),
+        (spec.get("model") or {}, "architecture"),
+        (spec.get("network") or {}, "architecture"),
+    ):
         m = _CODE_SPEC.match(holder[key]) if isinstance(holder.get(key), str) else None
         if m:
             yield holder, key, m
@@ -119,21 +123,30 @@ def locate(path: Path) -> tuple[Path, str | None] | None:
         if parent.is_file():
             inner = path.relative_to(parent).parts
             if len(inner) != 2 or inner[0] != MODELS:
-                raise NotFoundError(f"{'/'.join(inner)} is not a model inside {parent.name}", path=path,
-                                    fix=f"address a packaged model as {parent}/{MODELS}/NAME")
+                raise NotFoundError(
+                    f"{'/'.join(inner)} is not a model inside {parent.name}",
+                    path=path,
+                    fix=f"address a packaged model as {parent}/{MODELS}/NAME",
+                )
             return parent, inner[1]
     return None
 
 
 def _check_manifest(manifest: Any, path: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CheckpointError("not a voxseg model package (its manifest.json is not voxseg's)", path=path,
-                              fix="pass a zip written by `voxseg export`")
+        raise CheckpointError(
+            "not a voxseg model package (its manifest.json is not voxseg's)",
+            path=path,
+            fix="pass a zip written by `voxseg export`",
+        )
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"written by voxseg {manifest.get('voxseg', '?')} in model format {version}; this voxseg "
-                              f"({__version__}) reads format {FORMAT_VERSION} and older", path=path,
-                              fix="upgrade voxseg (pip install -U voxseg), or export the model again with this version")
+        raise CheckpointError(
+            f"written by voxseg {manifest.get('voxseg', '?')} in model format {version}; this voxseg "
+            f"({__version__}) reads format {FORMAT_VERSION} and older",
+            path=path,
+            fix="upgrade voxseg (pip install -U voxseg), or export the model again with this version",
+        )
     return manifest
 
 
@@ -171,19 +184,27 @@ class Package:
             self.manifest = _check_manifest(json.loads(self._raw(MANIFEST)), self.path)
         except json.JSONDecodeError as e:
             self.close()
-            raise CheckpointError(f"damaged model zip: manifest.json is not JSON ({e.msg})", path=self.path, fix=_FIX_DAMAGED) from None
+            raise CheckpointError(
+                f"damaged model zip: manifest.json is not JSON ({e.msg})", path=self.path, fix=_FIX_DAMAGED
+            ) from None
         except CheckpointError:
             self.close()
             raise
         unsafe = [m for m in self.manifest["files"] if Path(m).is_absolute() or ".." in Path(m).parts]
         if unsafe:
             self.close()
-            raise CheckpointError(f"unsafe member name {unsafe[0]!r} in the manifest", path=self.path, fix="use zips written by `voxseg export` only")
+            raise CheckpointError(
+                f"unsafe member name {unsafe[0]!r} in the manifest",
+                path=self.path,
+                fix="use zips written by `voxseg export` only",
+            )
         names = set(self._zip.namelist())
         missing = sorted(set(self.manifest["files"]) - names)
         if missing:
             self.close()
-            raise CheckpointError(f"damaged model zip: {len(missing)} member(s) missing, e.g. {missing[0]}", path=self.path, fix=_FIX_DAMAGED)
+            raise CheckpointError(
+                f"damaged model zip: {len(missing)} member(s) missing, e.g. {missing[0]}", path=self.path, fix=_FIX_DAMAGED
+            )
 
     def __enter__(self) -> Package:
         return self
@@ -198,8 +219,12 @@ class Package:
         try:
             return self._zip.read(member)
         except KeyError:
-            what = "not a voxseg model zip (no manifest.json)" if member == MANIFEST else f"damaged model zip: {member} is missing"
-            raise CheckpointError(what, path=self.path, fix=_FIX_DAMAGED if member != MANIFEST else "pass a zip written by `voxseg export`") from None
+            what = (
+                "not a voxseg model zip (no manifest.json)" if member == MANIFEST else f"damaged model zip: {member} is missing"
+            )
+            raise CheckpointError(
+                what, path=self.path, fix=_FIX_DAMAGED if member != MANIFEST else "pass a zip written by `voxseg export`"
+            ) from None
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:  # CRC error, truncated data
             raise CheckpointError(f"damaged model zip: cannot read {member} ({e})", path=self.path, fix=_FIX_DAMAGED) from None
 
@@ -216,15 +241,21 @@ class Package:
     def model(self, name: str) -> dict:
         entry = self.manifest["models"].get(name)
         if entry is None:
-            raise NotFoundError(f"no model {name!r} in the zip (models: {', '.join(self.manifest['models'])})", path=self.path,
-                                fix="use one of the listed names")
+            raise NotFoundError(
+                f"no model {name!r} in the zip (models: {', '.join(self.manifest['models'])})",
+                path=self.path,
+                fix="use one of the listed names",
+            )
         return entry
 
     def checkpoint_kind(self, requested: str | None) -> str:
         kind = self.manifest["checkpoint"]
         if requested not in (None, kind):
-            raise CheckpointError(f"the zip holds {kind} checkpoints, not {requested}", path=self.path,
-                                  fix=f"pass --checkpoint {kind} (or leave it out), or export the run again with --checkpoint {requested}")
+            raise CheckpointError(
+                f"the zip holds {kind} checkpoints, not {requested}",
+                path=self.path,
+                fix=f"pass --checkpoint {kind} (or leave it out), or export the run again with --checkpoint {requested}",
+            )
         return kind
 
     @contextmanager
@@ -234,7 +265,7 @@ class Package:
         with tempfile.TemporaryDirectory(prefix="voxseg-code-") as tmp:
             prefix = f"{MODELS}/{name}/"
             for member in members:
-                target = Path(tmp) / member[len(prefix):]
+                target = Path(tmp) / member[len(prefix) :]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(self.read(member))
             yield Path(tmp)
@@ -245,13 +276,17 @@ def _select_folds(available: Sequence[str], folds: Sequence[str] | None, where: 
         return list(available)
     missing = [f for f in folds if f not in available]
     if missing:
-        raise CheckpointError(f"fold(s) {missing} are not in the package (it holds {', '.join(available)})", path=where,
-                              fix="pass --folds with packaged folds only, or leave it out")
+        raise CheckpointError(
+            f"fold(s) {missing} are not in the package (it holds {', '.join(available)})",
+            path=where,
+            fix="pass --folds with packaged folds only, or leave it out",
+        )
     return list(folds)
 
 
-def package_checkpoints(path: Path, folds: Sequence[str] | None, checkpoint: str | None,
-                        onnx: bool) -> Iterator[tuple[Path, dict, bytes | None]]:
+def package_checkpoints(
+    path: Path, folds: Sequence[str] | None, checkpoint: str | None, onnx: bool
+) -> Iterator[tuple[Path, dict, bytes | None]]:
     """(where, checkpoint dict with localized meta, ONNX bytes when `onnx`) for each fold of the models
     a zip predicts with (or of the one model ``MODEL.zip/models/NAME`` names)."""
     zip_path, only = locate(path) or (path, None)
@@ -267,8 +302,11 @@ def package_checkpoints(path: Path, folds: Sequence[str] | None, checkpoint: str
                     onnx_bytes = None
                     if onnx:
                         if not entry.get("onnx"):
-                            raise CheckpointError("the zip holds no ONNX networks", path=pkg.path,
-                                                  fix="export the runs again with `voxseg export ... --onnx`, or predict with --backend torch")
+                            raise CheckpointError(
+                                "the zip holds no ONNX networks",
+                                path=pkg.path,
+                                fix="export the runs again with `voxseg export ... --onnx`, or predict with --backend torch",
+                            )
                         onnx_bytes = pkg.read(member[: -len(".pt")] + ".onnx")
                     yield zip_path / member, ckpt, onnx_bytes
 
@@ -319,8 +357,11 @@ def _load(path: Path) -> dict:
     ckpt = load_checkpoint(path)
     meta = ckpt.get("meta")
     if not isinstance(meta, dict) or "plan" not in meta or "network" not in (ckpt.get("trainer") or {}):
-        raise CheckpointError("not a voxseg checkpoint (no meta or network weights)", path=path,
-                              fix="export run folders written by `voxseg train` or `voxseg import-nnunet`")
+        raise CheckpointError(
+            "not a voxseg checkpoint (no meta or network weights)",
+            path=path,
+            fix="export run folders written by `voxseg train` or `voxseg import-nnunet`",
+        )
     localize(meta, path.parent.parent, path.parent.parent)  # an installed package's run exports again
     return ckpt
 
@@ -339,8 +380,14 @@ def _add_run(b: _Builder, run_dir: Path, folds: Sequence[str] | None) -> str:
         return b.by_source[root]
     name = b.unique_name(root.name)
     b.by_source[root] = name
-    entry: dict[str, Any] = {"source": str(root), "folds": [], "code": [], "previous_stage": None, "postprocessing": False,
-                             "onnx": b.onnx_opset is not None}
+    entry: dict[str, Any] = {
+        "source": str(root),
+        "folds": [],
+        "code": [],
+        "previous_stage": None,
+        "postprocessing": False,
+        "onnx": b.onnx_opset is not None,
+    }
     b.models[name] = entry
     code: dict[Path, str] = {}  # source file -> its path in the run folder (code/FILE.py)
     prefix = f"{MODELS}/{name}"
@@ -353,8 +400,11 @@ def _add_run(b: _Builder, run_dir: Path, folds: Sequence[str] | None) -> str:
         for holder, key, m in _code_refs(packed):
             source = Path(m["file"]).resolve()
             if not source.is_file():
-                raise NotFoundError(f"the network is built by {holder[key]}, whose file is missing", path=path,
-                                    fix="restore that file (it is packed into the zip), or run export from the folder training ran in")
+                raise NotFoundError(
+                    f"the network is built by {holder[key]}, whose file is missing",
+                    path=path,
+                    fix="restore that file (it is packed into the zip), or run export from the folder training ran in",
+                )
             if source not in code:
                 inner, i = f"{CODE}/{source.name}", 2
                 while inner in code.values():  # two files of the same name from different folders
@@ -377,9 +427,13 @@ def _add_run(b: _Builder, run_dir: Path, folds: Sequence[str] | None) -> str:
             b.members[member[: -len(".pt")] + ".onnx"] = data
             b.onnx_max_diff = max(b.onnx_max_diff, diff)
         entry["folds"].append(fold)
-    entry.update(config=meta["config_name"], trainer=meta.get("trainer"), code=sorted(f"{prefix}/{c}" for c in code.values()),
-                 network=(meta.get("network_spec") or {}).get("network", {}).get("architecture"),
-                 inference="nnunet" if (meta.get("inference") or {}).get("export") == "nnunet" else "voxseg")
+    entry.update(
+        config=meta["config_name"],
+        trainer=meta.get("trainer"),
+        code=sorted(f"{prefix}/{c}" for c in code.values()),
+        network=(meta.get("network_spec") or {}).get("network", {}).get("architecture"),
+        inference="nnunet" if (meta.get("inference") or {}).get("export") == "nnunet" else "voxseg",
+    )
     b.plans[name] = meta["plan"]
     if not b.dataset_json:
         b.dataset_json = _dataset_json(root, meta)
@@ -406,7 +460,10 @@ def _dataset_json(run_root: Path, meta: dict) -> bytes:
     plan = meta["plan"]
     names = plan.get("class_names") or [str(i) for i in range(plan["num_classes"])]
     labels: dict[str, Any] = {n: i for i, n in enumerate(names)}
-    description: dict[str, Any] = {"name": plan["dataset_name"], "channel_names": {str(i): c for i, c in enumerate(plan["channel_names"])}}
+    description: dict[str, Any] = {
+        "name": plan["dataset_name"],
+        "channel_names": {str(i): c for i, c in enumerate(plan["channel_names"])},
+    }
     if plan.get("regions"):
         labels = {"background": 0, **dict(zip(plan.get("region_names") or map(str, plan["regions"]), plan["regions"]))}
         description["regions_class_order"] = plan["regions_class_order"]
@@ -422,9 +479,16 @@ def _classes(meta_plan: dict) -> dict:
     return out
 
 
-def export_model(run_dirs: Sequence[str | Path], output: str | Path, *, folds: Sequence[str] | None = None,
-                 checkpoint: str = "final", onnx: bool = False, opset: int | None = None,
-                 overwrite: bool = False) -> ExportResult:
+def export_model(
+    run_dirs: Sequence[str | Path],
+    output: str | Path,
+    *,
+    folds: Sequence[str] | None = None,
+    checkpoint: str = "final",
+    onnx: bool = False,
+    opset: int | None = None,
+    overwrite: bool = False,
+) -> ExportResult:
     """Write one zip with everything prediction needs from trained run folders (`voxseg export`).
 
     Args:
@@ -462,8 +526,11 @@ def export_model(run_dirs: Sequence[str | Path], output: str | Path, *, folds: S
     first = b.plans[predict[0]]
     for name in predict[1:]:
         if _classes(b.plans[name]) != _classes(first):
-            raise InputError(f"{name} predicts other classes or regions than {predict[0]}", path=b.models[name]["source"],
-                             fix="export an ensemble of models of the same dataset only")
+            raise InputError(
+                f"{name} predicts other classes or regions than {predict[0]}",
+                path=b.models[name]["source"],
+                fix="export an ensemble of models of the same dataset only",
+            )
     b.members[DATASET_JSON] = b.dataset_json
     manifest = {
         "format": FORMAT,
@@ -476,9 +543,14 @@ def export_model(run_dirs: Sequence[str | Path], output: str | Path, *, folds: S
         "configurations": sorted({b.models[n]["config"] for n in b.models}),
         "dataset": first["dataset_name"],
         "classes": _classes(first),
-        "onnx": None if not onnx else {"opset": opset, "inputs": "image (batch, channels, *spatial), dynamic batch and spatial axes",
-                                       "outputs": "full-resolution logits per head, 'seg' first",
-                                       "max_abs_logit_difference_vs_torch": b.onnx_max_diff},
+        "onnx": None
+        if not onnx
+        else {
+            "opset": opset,
+            "inputs": "image (batch, channels, *spatial), dynamic batch and spatial axes",
+            "outputs": "full-resolution logits per head, 'seg' first",
+            "max_abs_logit_difference_vs_torch": b.onnx_max_diff,
+        },
         "models": b.models,
         "files": {m: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)} for m, d in sorted(b.members.items())},
     }
@@ -487,9 +559,15 @@ def export_model(run_dirs: Sequence[str | Path], output: str | Path, *, folds: S
             # float weights barely deflate (~7% for a 125 MB network, at ~4 s): stored as they are, read without inflating
             zf.writestr(member, data, compress_type=zipfile.ZIP_STORED if member.endswith((".pt", ".onnx")) else None)
         zf.writestr(MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    return ExportResult(output, predict, [n for n in b.models if n not in predict],
-                        {n: list(e["folds"]) for n, e in b.models.items()}, checkpoint, opset if onnx else None,
-                        output.stat().st_size)
+    return ExportResult(
+        output,
+        predict,
+        [n for n in b.models if n not in predict],
+        {n: list(e["folds"]) for n, e in b.models.items()},
+        checkpoint,
+        opset if onnx else None,
+        output.stat().st_size,
+    )
 
 
 def install_model(package: str | Path, output_dir: str | Path, *, overwrite: bool = False) -> Path:
@@ -512,10 +590,15 @@ def install_model(package: str | Path, output_dir: str | Path, *, overwrite: boo
     output_dir = Path(output_dir)
     if output_dir.exists() and not (output_dir.is_dir() and not any(output_dir.iterdir())):
         if not (output_dir / MANIFEST).is_file():
-            raise InputError("output folder exists and is not an installed model", path=output_dir,
-                             fix="choose a new -o folder (install never replaces other files)")
+            raise InputError(
+                "output folder exists and is not an installed model",
+                path=output_dir,
+                fix="choose a new -o folder (install never replaces other files)",
+            )
         if not overwrite:
-            raise InputError("output folder already holds an installed model", path=output_dir, fix="pass --overwrite or another -o folder")
+            raise InputError(
+                "output folder already holds an installed model", path=output_dir, fix="pass --overwrite or another -o folder"
+            )
     with Package(Path(package)) as pkg:
         output_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.installing-", dir=output_dir.parent))

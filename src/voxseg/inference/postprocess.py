@@ -10,8 +10,8 @@ The rule is plain JSON (`postprocessing.json`) so a person can read and edit it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence, Union
 
 import cc3d
 import numpy as np
@@ -52,12 +52,10 @@ def apply_postprocessing(seg: np.ndarray, rule: dict) -> np.ndarray:
     return seg
 
 
-Group = Union[int, Sequence[int]]
+Group = int | Sequence[int]
 
 
-def find_postprocessing(
-    cases: Iterable[tuple[np.ndarray, np.ndarray]], groups: Sequence[Group]
-) -> dict:
+def find_postprocessing(cases: Iterable[tuple[np.ndarray, np.ndarray]], groups: Sequence[Group]) -> dict:
     """Decide the rule from (prediction, reference) label-map pairs (references may hold IGNORE).
 
     `groups` are the evaluated outputs: foreground labels (ints), or regions (lists of label
@@ -74,14 +72,17 @@ def find_postprocessing(
         pred, ref = np.asarray(pred), np.asarray(ref).reshape(np.shape(pred))
         valid = ref != IGNORE
         variants = {"none": pred, "fg": keep_largest_component(pred, fg)}
-        for base in ("none", "fg"):
-            pc = variants[base]
+        for start in ("none", "fg"):
+            pc = variants[start]
             for group in groups:
                 pc = keep_largest_component(pc, group)
-            variants[f"{base}+pc"] = pc
+            variants[f"{start}+pc"] = pc
         for name, seg in variants.items():
             scores[name].append(
-                {k: region_metrics(np.isin(seg, g), np.isin(ref, g), valid, (), metrics=("dice",))["Dice"] for k, g in zip(keys, groups)}
+                {
+                    k: region_metrics(np.isin(seg, g), np.isin(ref, g), valid, (), metrics=("dice",))["Dice"]
+                    for k, g in zip(keys, groups)
+                }
             )
         n_cases += 1
     if not n_cases:
@@ -116,11 +117,12 @@ def save_rule(rule: dict, folder: str | Path) -> Path:
     return path
 
 
-def find_postprocessing_folders(pred_dir: str | Path, ref_dir: str | Path, dataset_json: str | Path, *, save_to: str | Path | None = None) -> dict:
+def find_postprocessing_folders(
+    pred_dir: str | Path, ref_dir: str | Path, dataset_json: str | Path, *, save_to: str | Path | None = None
+) -> dict:
     """`find_postprocessing` on cross-validation predictions and reference label files on disk."""
     setup = load_label_setup(dataset_json)
     rule = find_postprocessing(((p, r) for _, p, r, _ in iter_case_pairs(pred_dir, ref_dir, setup)), setup.eval_labels)
     if save_to is not None:
         save_rule(rule, save_to)
     return rule
-

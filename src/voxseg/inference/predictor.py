@@ -10,9 +10,10 @@ Folders of cases, with background reading and writing, are `voxseg.inference.coh
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -95,7 +96,7 @@ class Predictor:
             patch = group.config.patch_size
             spatial = image.shape[1:]
             planes = spatial[0] if group.config.dims == 2 and len(spatial) == 3 else 1
-            per_net = planes * count_tiles(spatial[-len(patch):], patch, self.step)
+            per_net = planes * count_tiles(spatial[-len(patch) :], patch, self.step)
             passes = 1 + (len(group.head_names) if heads and group is self.groups[0] else 0)
             total += per_net * len(group.networks) * passes
         return total
@@ -110,10 +111,19 @@ class Predictor:
         free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else None
         where = plan_accumulation(tuple(image.shape[1:]), channels, self.device, free, patch_size=patch)
         return sliding_window(
-            fn, image, patch, channels, step=self.step, mirror_axes=mirror, tile_batch=self.tile_batch,
+            fn,
+            image,
+            patch,
+            channels,
+            step=self.step,
+            mirror_axes=mirror,
+            tile_batch=self.tile_batch,
             forward_batch=self._forward_batch(patch),
-            accumulate_device="cpu" if where == "cpu" else None, precision=self._precision(group), slabs=where == "slabs",
-            on_tiles=self.on_tiles, gaussian=group.recipe.get("gaussian", "centred"),
+            accumulate_device="cpu" if where == "cpu" else None,
+            precision=self._precision(group),
+            slabs=where == "slabs",
+            on_tiles=self.on_tiles,
+            gaussian=group.recipe.get("gaussian", "centred"),
             accumulate_dtype=torch.float16 if group.recipe.get("accumulate") == "float16" else torch.float32,
         )
 
@@ -136,6 +146,7 @@ class Predictor:
             # Stays where sliding_window accumulated it (the CPU when the device could not hold it).
             out = out if activation is None else activation(out)
             total = out if total is None else total + out
+        assert total is not None, "a model group holds at least one network"
         return total / len(group.networks)
 
     def predict_probabilities(self, prepared: list[tuple[np.ndarray, dict]]) -> torch.Tensor:
@@ -145,10 +156,12 @@ class Predictor:
         for group in self.groups:
             p = self._stage_probabilities(group, prepared, done)
             probs = p if probs is None else probs + p.to(probs.device)
+        assert probs is not None, "a predictor holds at least one model group"
         return probs / len(self.groups)
 
-    def _stage_probabilities(self, group: ModelGroup, prepared: list[tuple[np.ndarray, dict]],
-                             done: dict[int, torch.Tensor]) -> torch.Tensor:
+    def _stage_probabilities(
+        self, group: ModelGroup, prepared: list[tuple[np.ndarray, dict]], done: dict[int, torch.Tensor]
+    ) -> torch.Tensor:
         """One stage's probabilities on the original grid; a cascade first runs its previous stage
         (once per case, `done` caches it) and adds that segmentation as one-hot input channels."""
         key = self.stages.index(group)
@@ -187,8 +200,9 @@ class Predictor:
         seg = seg.astype(np.uint8 if seg.max(initial=0) < 256 else np.int16)
         return apply_postprocessing(seg, self.postprocessing) if self.postprocessing else seg
 
-    def predict_prepared(self, prepared: list[tuple[np.ndarray, dict]], *, probabilities: bool = False,
-                         heads: bool = False) -> CasePrediction:
+    def predict_prepared(
+        self, prepared: list[tuple[np.ndarray, dict]], *, probabilities: bool = False, heads: bool = False
+    ) -> CasePrediction:
         probs = self.predict_probabilities(prepared)
         return CasePrediction(
             self.segment(probs),
@@ -196,17 +210,28 @@ class Predictor:
             self.predict_heads(prepared) if heads else {},
         )
 
-    def predict_case(self, images: np.ndarray, geometry: Geometry, *, probabilities: bool = False,
-                     heads: bool = False) -> CasePrediction:
+    def predict_case(
+        self, images: np.ndarray, geometry: Geometry, *, probabilities: bool = False, heads: bool = False
+    ) -> CasePrediction:
         """Segment one case: ``images`` (C, *S) float32 on the grid described by ``geometry``."""
         return self.predict_prepared(self.preprocess(images, geometry), probabilities=probabilities, heads=heads)
 
     # --- Python API (`voxseg.Predictor`): models by path, arrays in memory, files --------------------
 
     @classmethod
-    def from_run(cls, path_or_zip: str | Path | Sequence[str | Path], device: str | torch.device = "auto",
-                 folds: Sequence[str | int] | None = None, checkpoint: str | None = None, *, backend: str = "torch",
-                 tta: bool = True, step: float = 0.5, tile_batch: int | None = None, postprocessing: bool = True) -> Predictor:
+    def from_run(
+        cls,
+        path_or_zip: str | Path | Sequence[str | Path],
+        device: str | torch.device = "auto",
+        folds: Sequence[str | int] | None = None,
+        checkpoint: str | None = None,
+        *,
+        backend: str = "torch",
+        tta: bool = True,
+        step: float = 0.5,
+        tile_batch: int | None = None,
+        postprocessing: bool = True,
+    ) -> Predictor:
         """A predictor for trained models, loaded once and used for any number of cases.
 
         Nothing here starts a process, so a plain script without ``if __name__ == "__main__"`` works.
@@ -233,33 +258,61 @@ class Predictor:
         paths = [Path(path_or_zip)] if isinstance(path_or_zip, (str, Path)) else [Path(p) for p in path_or_zip]
         dev = device if isinstance(device, torch.device) else resolve_device(device)
         groups = load_models(paths, None if folds is None else [str(f) for f in folds], checkpoint, dev, backend)
-        return cls(groups, dev, tta=tta, step=step, tile_batch=tile_batch,
-                   postprocessing=load_postprocessing(paths) if postprocessing else None)
+        return cls(
+            groups,
+            dev,
+            tta=tta,
+            step=step,
+            tile_batch=tile_batch,
+            postprocessing=load_postprocessing(paths) if postprocessing else None,
+        )
 
-    def _array_case(self, image: np.ndarray, spacing: Sequence[float], origin: Sequence[float] | None = None,
-                    direction: Sequence[float] | None = None) -> tuple[np.ndarray, Geometry]:
+    def _array_case(
+        self,
+        image: np.ndarray,
+        spacing: Sequence[float],
+        origin: Sequence[float] | None = None,
+        direction: Sequence[float] | None = None,
+    ) -> tuple[np.ndarray, Geometry]:
         """(C, *S) float32 images and their Geometry from an array given as (C, *S), or (*S) for one channel."""
         ndim = len(spacing)
         image = np.asarray(image)
         if ndim not in (2, 3) or any(not s > 0 for s in spacing):
-            raise InputError(f"spacing {tuple(spacing)} is not 2 or 3 positive voxel sizes", fix="pass the voxel size per array axis, e.g. (3.0, 0.8, 0.8)")
+            raise InputError(
+                f"spacing {tuple(spacing)} is not 2 or 3 positive voxel sizes",
+                fix="pass the voxel size per array axis, e.g. (3.0, 0.8, 0.8)",
+            )
         if image.ndim == ndim:
             if self.n_channels != 1:
-                raise InputError(f"the image {image.shape} has no channel axis, but the model takes {self.n_channels} channels",
-                                 fix=f"pass an array ({self.n_channels}, *spatial) in the channel order of dataset.json")
+                raise InputError(
+                    f"the image {image.shape} has no channel axis, but the model takes {self.n_channels} channels",
+                    fix=f"pass an array ({self.n_channels}, *spatial) in the channel order of dataset.json",
+                )
             image = image[None]
         elif image.ndim != ndim + 1 or image.shape[0] != self.n_channels:
-            raise InputError(f"image shape {image.shape} does not fit {ndim} spacing values and {self.n_channels} channel(s)",
-                             fix=f"pass ({self.n_channels}, *spatial) or, for one channel, spatial, with one spacing value per spatial axis")
+            raise InputError(
+                f"image shape {image.shape} does not fit {ndim} spacing values and {self.n_channels} channel(s)",
+                fix=f"pass ({self.n_channels}, *spatial) or, for one channel, spatial, with one spacing value per spatial axis",
+            )
         origin = (0.0,) * ndim if origin is None else tuple(float(v) for v in origin)
         direction = tuple(np.eye(ndim).ravel().tolist()) if direction is None else tuple(float(v) for v in direction)
         if len(origin) != ndim or len(direction) != ndim * ndim:
-            raise InputError(f"origin needs {ndim} values and direction {ndim * ndim} (got {len(origin)} and {len(direction)})",
-                             fix="pass them in ITK's physical (x, y, z) order, as SimpleITK's GetOrigin()/GetDirection() return them")
+            raise InputError(
+                f"origin needs {ndim} values and direction {ndim * ndim} (got {len(origin)} and {len(direction)})",
+                fix="pass them in ITK's physical (x, y, z) order, as SimpleITK's GetOrigin()/GetDirection() return them",
+            )
         return np.ascontiguousarray(image, dtype=np.float32), Geometry(tuple(float(s) for s in spacing), origin, direction)
 
-    def predict_array(self, image: np.ndarray, spacing: Sequence[float], *, origin: Sequence[float] | None = None,
-                      direction: Sequence[float] | None = None, probabilities: bool = False, heads: bool = False) -> CasePrediction:
+    def predict_array(
+        self,
+        image: np.ndarray,
+        spacing: Sequence[float],
+        *,
+        origin: Sequence[float] | None = None,
+        direction: Sequence[float] | None = None,
+        probabilities: bool = False,
+        heads: bool = False,
+    ) -> CasePrediction:
         """Segment one image held in memory; the result is on the image's own grid.
 
         Args:
@@ -287,7 +340,9 @@ class Predictor:
         images, geometry = self._array_case(image, spacing, origin, direction)
         return self.predict_case(images, geometry, probabilities=probabilities, heads=heads)
 
-    def predict_arrays(self, items: Iterable[tuple], *, probabilities: bool = False, heads: bool = False) -> Iterator[CasePrediction]:
+    def predict_arrays(
+        self, items: Iterable[tuple], *, probabilities: bool = False, heads: bool = False
+    ) -> Iterator[CasePrediction]:
         """`predict_array` for many images, lazily: the next image is preprocessed in a background thread
         while the networks run on the current one.
 
@@ -305,6 +360,7 @@ class Predictor:
 
         it = iter(items)
         with ThreadPoolExecutor(max_workers=1) as pool:
+
             def ahead() -> Future | None:
                 item = next(it, None)
                 return None if item is None else pool.submit(lambda: self.preprocess(*self._array_case(*item)))
@@ -315,9 +371,17 @@ class Predictor:
                 pending = ahead()
                 yield self.predict_prepared(prepared, probabilities=probabilities, heads=heads)
 
-    def predict_files(self, inputs: str | Path | Sequence[str | Path | Sequence[str | Path]], output_dir: str | Path, *,
-                      save_probabilities: bool = False, heads: bool = False, skip_existing: bool = False, progress: bool = False,
-                      io_workers: int = 0) -> CohortResult:
+    def predict_files(
+        self,
+        inputs: str | Path | Sequence[str | Path | Sequence[str | Path]],
+        output_dir: str | Path,
+        *,
+        save_probabilities: bool = False,
+        heads: bool = False,
+        skip_existing: bool = False,
+        progress: bool = False,
+        io_workers: int = 0,
+    ) -> CohortResult:
         """Segment image files into `output_dir`, exactly as ``voxseg predict`` writes them (same geometry and
         file ending as the input, written atomically; unreadable cases are reported and skipped).
 
@@ -356,11 +420,22 @@ class Predictor:
                 cases.append(CaseInput(parsed[0] if parsed else files[0].name[: -len(ending)], files))
                 endings.add(ending)
             if len(endings) != 1:
-                raise InputError(f"the files have {len(endings) or 'no'} file endings {sorted(endings)}",
-                                 fix="pass files of one format (the outputs use the inputs' file ending)")
+                raise InputError(
+                    f"the files have {len(endings) or 'no'} file endings {sorted(endings)}",
+                    fix="pass files of one format (the outputs use the inputs' file ending)",
+                )
             ending = endings.pop()
-        return predict_cases(self, cases, ending, Path(output_dir), save_probabilities=save_probabilities, heads=heads,
-                             progress=progress, io_workers=io_workers, skip_existing=skip_existing)
+        return predict_cases(
+            self,
+            cases,
+            ending,
+            Path(output_dir),
+            save_probabilities=save_probabilities,
+            heads=heads,
+            progress=progress,
+            io_workers=io_workers,
+            skip_existing=skip_existing,
+        )
 
 
 def _stages(groups: list[ModelGroup]) -> list[ModelGroup]:

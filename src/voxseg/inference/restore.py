@@ -6,7 +6,7 @@ a full-resolution probability volume through the CPU before the argmax.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -16,9 +16,9 @@ from __future__ import annotations
 import itertools
 import json
 import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -50,7 +50,9 @@ def run_cv(run_dir: Path) -> RunCV:
     """The CV predictions of `run_dir`'s folds; InputError when it has none."""
     folds = sorted(p / "validation" for p in run_dir.glob("fold_*") if (p / "validation" / "summary.json").is_file())
     if not folds:
-        raise InputError("no fold_N/validation/summary.json", path=run_dir, fix="train folds with training.final_validation=true (the default)")
+        raise InputError(
+            "no fold_N/validation/summary.json", path=run_dir, fix="train folds with training.final_validation=true (the default)"
+        )
     meta = json.loads((folds[0].parent / "run.json").read_text())
     plans = json.loads((Path(meta["work_dir"]) / "plans.json").read_text())
     out = RunCV(run_dir, Path(plans["dataset_path"]))
@@ -75,10 +77,16 @@ def _segmentations(members: list[RunCV], case_ids: list[str]) -> Iterator[np.nda
         if len(members) == 1:
             yield read_image(members[0].cases[cid][0])[0]
             continue
-        total, _, order = load_probabilities(members[0].cases[cid][1])
+        total, _, order = load_probabilities(_probabilities_file(members[0], cid))
         for m in members[1:]:
-            total += load_probabilities(m.cases[cid][1])[0]
+            total += load_probabilities(_probabilities_file(m, cid))[0]
         yield probabilities_to_segmentation(total / len(members), order)
+
+
+def _probabilities_file(run: RunCV, case_id: str) -> Path:
+    npz = run.cases[case_id][1]
+    assert npz is not None, "ensembles are formed only of runs that saved the case's probabilities"
+    return npz
 
 
 def find_run_postprocessing(run_dir: str | Path) -> dict:
@@ -114,15 +122,22 @@ def select_best(work_dir: str | Path) -> str:
         except InputError:
             continue
     if not runs:
-        raise InputError("no run has cross-validation results", path=work_dir / "runs", fix="train folds with final validation first")
+        raise InputError(
+            "no run has cross-validation results", path=work_dir / "runs", fix="train folds with final validation first"
+        )
     dataset = runs[0].dataset
     setup = load_label_setup(dataset / "dataset.json")
     cases = sorted(set.intersection(*(set(r.cases) for r in runs)))
     if not cases:
-        raise InputError("the runs share no cross-validation case", path=work_dir / "runs", fix="train the same folds for every configuration")
+        raise InputError(
+            "the runs share no cross-validation case", path=work_dir / "runs", fix="train the same folds for every configuration"
+        )
     combos = [[r] for r in runs]
-    combos += [list(pair) for pair in itertools.combinations(runs, 2)
-               if all(pair[i].cases[c][1] is not None for i in (0, 1) for c in cases)]
+    combos += [
+        list(pair)
+        for pair in itertools.combinations(runs, 2)
+        if all(pair[i].cases[c][1] is not None for i in (0, 1) for c in cases)
+    ]
     candidates = []
     for members in combos:
         rule = find_postprocessing(zip(_segmentations(members, cases), _references(dataset, setup, cases)), setup.eval_labels)
@@ -130,13 +145,24 @@ def select_best(work_dir: str | Path) -> str:
     candidates.sort(key=lambda c: -c.dice_after)
     best = candidates[0]
     commands = _commands(best, work_dir)
-    atomic_write_json(work_dir / SELECTION_FILE, {
-        "cases": len(cases),
-        "ranking": [{"candidate": c.name, "runs": [str(m.run_dir) for m in c.members], "dice": c.dice_before,
-                     "dice_postprocessed": c.dice_after, "postprocessing": c.rule} for c in candidates],
-        "best": best.name,
-        "commands": commands,
-    })
+    atomic_write_json(
+        work_dir / SELECTION_FILE,
+        {
+            "cases": len(cases),
+            "ranking": [
+                {
+                    "candidate": c.name,
+                    "runs": [str(m.run_dir) for m in c.members],
+                    "dice": c.dice_before,
+                    "dice_postprocessed": c.dice_after,
+                    "postprocessing": c.rule,
+                }
+                for c in candidates
+            ],
+            "best": best.name,
+            "commands": commands,
+        },
+    )
     lines = [f"cross-validation mean foreground Dice over {len(cases)} cases (after / before post-processing):"]
     lines += [f"  {c.dice_after:.4f} / {c.dice_before:.4f}  {c.name}" for c in candidates]
     lines += [f"best: {best.name}", "predict new images with:"] + [f"  {cmd}" for cmd in commands]
@@ -152,8 +178,9 @@ def _commands(best: Candidate, work_dir: Path) -> list[str]:
         return [f"voxseg predict -m {q(str(run))} -i INPUT_DIR -o OUTPUT_DIR"]
     rule_path = work_dir / f"postprocessing__{'+'.join(m.name for m in best.members)}.json"
     atomic_write_json(rule_path, best.rule)
-    steps = [f"voxseg predict -m {q(str(m.run_dir))} -i INPUT_DIR -o OUTPUT_DIR/{m.name} --save-probabilities" for m in best.members]
+    steps = [
+        f"voxseg predict -m {q(str(m.run_dir))} -i INPUT_DIR -o OUTPUT_DIR/{m.name} --save-probabilities" for m in best.members
+    ]
     folders = " ".join(f"OUTPUT_DIR/{m.name}" for m in best.members)
     steps.append(f"voxseg ensemble {folders} -o OUTPUT_DIR/ensemble --postprocessing {q(str(rule_path))}")
     return steps
-

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from functools import lru_cache
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -142,9 +143,9 @@ def _batches(tiles: list[tuple[int, ...]], tile_batch: int, by_row: bool) -> Ite
     """Chunks of tiles; with `by_row` no chunk crosses a change of the axis-0 origin."""
     groups = itertools.groupby(tiles, key=lambda t: t[0]) if by_row else [(None, iter(tiles))]
     for _, group in groups:
-        group = list(group)
-        for i in range(0, len(group), tile_batch):
-            yield group[i : i + tile_batch]
+        members = list(group)
+        for i in range(0, len(members), tile_batch):
+            yield members[i : i + tile_batch]
 
 
 def sliding_window(
@@ -180,8 +181,10 @@ def sliding_window(
     """
     ndim = len(patch_size)
     if image.ndim != ndim + 1:
-        raise SettingsError(f"image has shape {tuple(image.shape)} but the patch size {tuple(patch_size)} is {ndim}D",
-                            fix="pass the image as (C, *spatial) matching the configuration's dimensionality")
+        raise SettingsError(
+            f"image has shape {tuple(image.shape)} but the patch size {tuple(patch_size)} is {ndim}D",
+            fix="pass the image as (C, *spatial) matching the configuration's dimensionality",
+        )
     if not 0 < step <= 1:
         raise SettingsError(f"step {step} is outside (0, 1]", fix="use a fraction of the patch such as 0.5")
     if tile_batch < 1:
@@ -225,11 +228,13 @@ def sliding_window(
             with autocast:
                 y = torch.cat([predict_fn(part) for part in x.split(forward_batch or len(x))])
             y = y.float().reshape(len(flips), len(batch), num_classes, *patch_size)
-            y = sum(y[i].flip([a + 2 for a in f]) if f else y[i] for i, f in enumerate(flips)) / len(flips)
+            # cast: sum() is typed Tensor | int; flips always holds the identity, so the sum is a tensor
+            y = cast(torch.Tensor, sum(y[i].flip([a + 2 for a in f]) if f else y[i] for i, f in enumerate(flips))) / len(flips)
             y = y * gauss
             if on_tiles is not None:
                 on_tiles(len(batch))
             if slabs:
+                assert row_logits is not None and row_weight is not None and row_start is not None  # set above in slab mode
                 for t, w, tile_logits in zip(batch, windows, y):
                     local = (slice(t[0] - row_start, t[0] - row_start + patch_size[0]), *w[1:])
                     row_logits[(slice(None), *local)] += tile_logits

@@ -4,6 +4,7 @@ MultiHeadLoss, each wrapped for deep supervision (a single level when it is off)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict
 
 from torch import nn
 
@@ -29,16 +30,20 @@ def _level_weights(settings: LossSettings, levels: int, min_weight: float = 0.0)
     return [max(w, min_weight) for w in deep_supervision_weights(levels, explicit)]
 
 
+class _DiceOptions(TypedDict):
+    batch_dice: bool
+    smooth: float
+    include_background: bool
+
+
 def _head_loss(head: HeadSettings, settings: LossSettings, batch_dice: bool) -> nn.Module:
-    dice_options = {
+    dice_options: _DiceOptions = {
         "batch_dice": batch_dice,
         "smooth": settings.smooth,
         "include_background": settings.include_background,
     }
     if head.loss == "dice_ce":
-        return DiceCELoss(
-            dice_weight=settings.dice_weight, ce_weight=settings.ce_weight, **dice_options
-        )
+        return DiceCELoss(dice_weight=settings.dice_weight, ce_weight=settings.ce_weight, **dice_options)
     if head.loss == "dice":
         return SoftDiceLoss(**dice_options)
     return {"ce": CELoss, "bce": BCELoss, "mse": MSELoss}[head.loss]()

@@ -84,7 +84,7 @@ def exclusion_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.
     overlap = 2 * (probs * exclusive).sum(axes) / (probs.sum(axes) + exclusive.sum(axes) + smooth)
     # log(1 - p_c) = logsumexp over the other classes - log_norm
     k = logits.shape[1]
-    others = torch.stack([torch.logsumexp(torch.cat([logits[:, :c], logits[:, c + 1:]], 1).float(), 1) for c in range(k)], 1)
+    others = torch.stack([torch.logsumexp(torch.cat([logits[:, :c], logits[:, c + 1 :]], 1).float(), 1) for c in range(k)], 1)
     nll = -(others - log_norm) * exclusive
     per_pair = nll.sum(axes) / exclusive.sum(axes).clamp_min(1.0)
     pairs = unannotated.float()

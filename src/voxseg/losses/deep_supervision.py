@@ -12,9 +12,7 @@ import torch
 from torch import nn
 
 
-def deep_supervision_weights(
-    num_outputs: int, weights: Sequence[float] | None = None
-) -> list[float]:
+def deep_supervision_weights(num_outputs: int, weights: Sequence[float] | None = None) -> list[float]:
     """Normalised weights for ``num_outputs`` levels: ``weights`` if given, else 1/2^i."""
     if weights is None:
         weights = [1 / 2**i for i in range(num_outputs)]
@@ -45,9 +43,7 @@ class DeepSupervisionLoss(nn.Module):
         """``extra`` keyword arguments (e.g. ``annotated``) go to the wrapped loss unchanged."""
         extra = {k: v for k, v in extra.items() if v is not None}
         if len(outputs) != len(self.weights) or len(targets) < len(outputs):
-            raise ValueError(
-                f"{len(outputs)} outputs and {len(targets)} targets for {len(self.weights)} weights"
-            )
+            raise ValueError(f"{len(outputs)} outputs and {len(targets)} targets for {len(self.weights)} weights")
         total: dict[str, torch.Tensor] = {}
         for weight, output, target in zip(self.weights, outputs, targets):
             if weight == 0:

@@ -82,6 +82,8 @@ def per_sample_channels(mask: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 class SoftDiceLoss(nn.Module):
+    class_weights: torch.Tensor | None  # a buffer, registered in __init__
+
     def __init__(
         self,
         *,
@@ -113,6 +115,14 @@ class SoftDiceLoss(nn.Module):
         intersect, pred_sum, gt_sum = spatial_sums(probs[:, first:] * valid, onehot[:, first:])
         weights = None if self.class_weights is None else self.class_weights[first:]
         counted = None if annotated is None else annotated[:, first:]
-        loss = dice_from_terms(intersect, pred_sum, gt_sum, batch_dice=self.batch_dice, smooth=self.smooth,
-                               class_weights=weights, sample_weights=sample_weights, counted=counted)
+        loss = dice_from_terms(
+            intersect,
+            pred_sum,
+            gt_sum,
+            batch_dice=self.batch_dice,
+            smooth=self.smooth,
+            class_weights=weights,
+            sample_weights=sample_weights,
+            counted=counted,
+        )
         return {"loss": loss}

@@ -61,4 +61,5 @@ class MultiHeadLoss(nn.Module):
             parts.update({f"{name}/{key}": value for key, value in result.items()})
             weighted = self.weights[name] * result["loss"]
             total = weighted if total is None else total + weighted
+        assert total is not None, "MultiHeadLoss needs at least one head"
         return {"loss": total, **parts}

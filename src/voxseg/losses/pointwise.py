@@ -26,9 +26,7 @@ def weight_tensor(class_weights: list[float] | None) -> torch.Tensor | None:
     return None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
 
 
-def masked_mean(
-    values: torch.Tensor, voxel_weights: torch.Tensor, sample_weights: torch.Tensor | None
-) -> torch.Tensor:
+def masked_mean(values: torch.Tensor, voxel_weights: torch.Tensor, sample_weights: torch.Tensor | None) -> torch.Tensor:
     """sum(s_b * values) / sum(voxel_weights); ``values`` already include the voxel weights."""
     if sample_weights is not None:
         values = values * per_sample(sample_weights, values.ndim)
@@ -45,6 +43,8 @@ class CELoss(nn.Module):
     probability is that of background plus those classes (a log-sum-exp over their logits).
     """
 
+    class_weights: torch.Tensor | None  # a buffer, registered in __init__
+
     def __init__(self, class_weights: list[float] | None = None):
         super().__init__()
         self.register_buffer("class_weights", weight_tensor(class_weights), persistent=False)
@@ -59,9 +59,7 @@ class CELoss(nn.Module):
         labels = target[:, 0].long()
         valid = labels != IGNORE
         if annotated is None:
-            per_voxel = F.cross_entropy(
-                logits.float(), labels, weight=self.class_weights, ignore_index=IGNORE, reduction="none"
-            )
+            per_voxel = F.cross_entropy(logits.float(), labels, weight=self.class_weights, ignore_index=IGNORE, reduction="none")
         else:
             per_voxel = marginal_nll(logits.float(), labels, annotated)
             if self.class_weights is not None:
@@ -92,9 +90,7 @@ class BCELoss(nn.Module):
         self, logits: torch.Tensor, target: torch.Tensor, sample_weights: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         annotated = target != IGNORE
-        per_voxel = F.binary_cross_entropy_with_logits(
-            logits.float(), (target > 0).float(), reduction="none"
-        )
+        per_voxel = F.binary_cross_entropy_with_logits(logits.float(), (target > 0).float(), reduction="none")
         return {"loss": masked_mean(per_voxel * annotated, annotated.float(), sample_weights)}
 
 

@@ -33,6 +33,8 @@ class RegionDiceBCELoss(nn.Module):
     ``weight_dice_regions``.
     """
 
+    region_weights: torch.Tensor | None  # a buffer, registered in __init__
+
     def __init__(
         self,
         regions: Sequence[Sequence[int]],
@@ -70,9 +72,16 @@ class RegionDiceBCELoss(nn.Module):
         bce = masked_mean(bce, voxel_weights, sample_weights)
         probs = torch.sigmoid(logits) * valid
         intersect, pred_sum, gt_sum = spatial_sums(probs, regions.bool() & valid)
-        dice = dice_from_terms(intersect, pred_sum, gt_sum, batch_dice=self.batch_dice, smooth=self.smooth,
-                               class_weights=self.region_weights if self.weight_dice_regions else None,
-                               sample_weights=sample_weights, counted=annotated)
+        dice = dice_from_terms(
+            intersect,
+            pred_sum,
+            gt_sum,
+            batch_dice=self.batch_dice,
+            smooth=self.smooth,
+            class_weights=self.region_weights if self.weight_dice_regions else None,
+            sample_weights=sample_weights,
+            counted=annotated,
+        )
         return {"loss": self.bce_weight * bce + self.dice_weight * dice, "bce": bce, "dice": dice}
 
 
@@ -82,7 +91,9 @@ def per_sample_loss(logits: torch.Tensor, target: torch.Tensor, scheme: OutputSc
     with torch.no_grad():
         valid = target != IGNORE
         if scheme.region_based:
-            per_voxel = F.binary_cross_entropy_with_logits(logits.float(), scheme.region_masks(target).float(), reduction="none").mean(1)
+            per_voxel = F.binary_cross_entropy_with_logits(
+                logits.float(), scheme.region_masks(target).float(), reduction="none"
+            ).mean(1)
         else:
             per_voxel = F.cross_entropy(logits.float(), target[:, 0].long().clamp_min(0), reduction="none")
         valid = valid[:, 0].float()

@@ -36,9 +36,7 @@ def boundary(labels: torch.Tensor) -> torch.Tensor:
     return torch.where(ignored, IGNORE, edge)
 
 
-def derive_target(
-    spec: str, labels: torch.Tensor, extra: Mapping[str, torch.Tensor]
-) -> torch.Tensor:
+def derive_target(spec: str, labels: torch.Tensor, extra: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """The target for a head's ``target`` setting from ``labels`` (B,1,*S) and the extra maps."""
     if spec == "labels":
         return labels

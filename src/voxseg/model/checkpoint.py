@@ -31,11 +31,15 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise NotFoundError("checkpoint not found", path=path, fix="train first, or pick another --checkpoint (final|best|latest)")
+        raise NotFoundError(
+            "checkpoint not found", path=path, fix="train first, or pick another --checkpoint (final|best|latest)"
+        )
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # a truncated or foreign file: say which one
-        raise CheckpointError(f"cannot load checkpoint ({type(e).__name__})", path=path, fix="delete it and train again") from None
+        raise CheckpointError(
+            f"cannot load checkpoint ({type(e).__name__})", path=path, fix="delete it and train again"
+        ) from None
 
 
 def network_spec(meta: dict[str, Any]) -> NetworkSpec:
@@ -44,7 +48,9 @@ def network_spec(meta: dict[str, Any]) -> NetworkSpec:
         return NetworkSpec.from_json(meta["network_spec"])
     settings = meta.get("settings", {})
     heads = [HeadSettings(**h) for h in settings.get("heads", [])]
-    return NetworkSpec.from_plan(Plan.from_json(meta["plan"]), meta["config_name"], ModelSettings(**settings.get("model", {})), heads)
+    return NetworkSpec.from_plan(
+        Plan.from_json(meta["plan"]), meta["config_name"], ModelSettings(**settings.get("model", {})), heads
+    )
 
 
 def network_from_meta(meta: dict[str, Any]) -> nn.Module:
@@ -63,12 +69,18 @@ def load_network(path: str | Path, state: str = "network") -> tuple[nn.Module, d
     """Rebuild and load the network of a checkpoint file; returns (network in eval mode, meta)."""
     ckpt = load_checkpoint(path)
     if "meta" not in ckpt or "trainer" not in ckpt:
-        raise CheckpointError("not a voxseg checkpoint (no 'meta'/'trainer')", path=path,
-                              fix="pass a checkpoint_*.pt written by `voxseg train` (nnU-Net models: `voxseg import-nnunet`)")
+        raise CheckpointError(
+            "not a voxseg checkpoint (no 'meta'/'trainer')",
+            path=path,
+            fix="pass a checkpoint_*.pt written by `voxseg train` (nnU-Net models: `voxseg import-nnunet`)",
+        )
     network = network_from_meta(ckpt["meta"])
     try:
         network.load_state_dict(ckpt["trainer"][state])
     except RuntimeError as e:
-        raise CheckpointError(f"weights do not fit the recorded network ({str(e).splitlines()[0]})", path=path,
-                              fix="the checkpoint and its meta disagree; re-export or retrain") from None
+        raise CheckpointError(
+            f"weights do not fit the recorded network ({str(e).splitlines()[0]})",
+            path=path,
+            fix="the checkpoint and its meta disagree; re-export or retrain",
+        ) from None
     return network.eval(), ckpt["meta"]

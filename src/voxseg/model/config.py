@@ -24,8 +24,10 @@ class ModelSettings:
     silently overridden by a default.
     """
 
-    architecture: str | None = field(default=None, metadata={
-        "help": "plain_unet, resenc_unet, another registered name or package.module:factory; null: the plan's"})
+    architecture: str | None = field(
+        default=None,
+        metadata={"help": "plain_unet, resenc_unet, another registered name or package.module:factory; null: the plan's"},
+    )
     deep_supervision: bool = field(default=True, metadata={"help": "train on the outputs of every decoder resolution"})
     norm: str = field(default="instance", metadata={"help": "normalisation layers: instance (affine, eps 1e-5) or batch"})
     dropout: float = field(default=0.0, metadata={"help": "channel dropout probability after every convolution"})
@@ -37,25 +39,26 @@ class ModelSettings:
                 fix=f"set model.norm to one of {', '.join(NORMS)}",
             )
         if not 0.0 <= self.dropout < 1.0:
-            raise SettingsError(
-                f"model.dropout={self.dropout} must be in [0, 1)", fix="use e.g. model.dropout=0.1"
-            )
+            raise SettingsError(f"model.dropout={self.dropout} must be in [0, 1)", fix="use e.g. model.dropout=0.1")
 
 
 @dataclass
 class HeadSettings:
     """One extra output head: a 1x1 conv on the decoder features, with its own target and loss."""
 
-    name: str = field(metadata={
-        "help": "key of the output and prefix of its logged parts; an identifier other than seg"})
-    target: str = field(metadata={
-        "help": "labels, foreground, boundary or extra:NAME (the map from labelsTr_NAME/)"})
+    name: str = field(metadata={"help": "key of the output and prefix of its logged parts; an identifier other than seg"})
+    target: str = field(metadata={"help": "labels, foreground, boundary or extra:NAME (the map from labelsTr_NAME/)"})
     loss: str = field(default="bce", metadata={"help": "bce, mse, ce, dice or dice_ce"})
-    channels: int | None = field(default=None, metadata={
-        "help": "output channels; null: 1 for bce/mse, 2 for a class loss on a binary target, the number of classes on labels"})
+    channels: int | None = field(
+        default=None,
+        metadata={
+            "help": "output channels; null: 1 for bce/mse, 2 for a class loss on a binary target, the number of classes on labels"
+        },
+    )
     weight: float = field(default=1.0, metadata={"help": "the head's factor in the total loss"})
-    deep_supervision: bool = field(default=False, metadata={
-        "help": "also supervise the lower decoder resolutions (only when model.deep_supervision is on)"})
+    deep_supervision: bool = field(
+        default=False, metadata={"help": "also supervise the lower decoder resolutions (only when model.deep_supervision is on)"}
+    )
 
     def __post_init__(self) -> None:
         where = f"heads.{self.name}"
@@ -72,9 +75,7 @@ class HeadSettings:
                 fix="use labels, foreground, boundary or extra:NAME (for labelsTr_NAME/)",
             )
         if self.loss not in HEAD_LOSSES:
-            raise SettingsError(
-                f"{where}.loss={self.loss!r} is unknown", fix=f"use one of {', '.join(HEAD_LOSSES)}"
-            )
+            raise SettingsError(f"{where}.loss={self.loss!r} is unknown", fix=f"use one of {', '.join(HEAD_LOSSES)}")
         if self.loss in ("bce", "mse") and self.channels not in (None, 1):
             raise SettingsError(
                 f"{where}: loss {self.loss} needs channels=1, got {self.channels}",

@@ -11,8 +11,8 @@ the two kinds of plan cannot be mixed up.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor

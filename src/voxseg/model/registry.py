@@ -25,8 +25,10 @@ NetworkFactory = Callable[..., nn.Module]
 def resolve_network(name: str) -> NetworkFactory:
     factory = NETWORKS.get(name)
     if not callable(factory):
-        raise SettingsError(f"model.architecture={name!r} is not a callable network factory",
-                            fix="point it at f(network, in_channels, num_classes, *, settings, heads)")
+        raise SettingsError(
+            f"model.architecture={name!r} is not a callable network factory",
+            fix="point it at f(network, in_channels, num_classes, *, settings, heads)",
+        )
     return factory
 
 
@@ -76,9 +78,7 @@ def feature_map_shapes(
     convs = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
     for name, module in net.named_modules():
         if isinstance(module, convs):
-            module.register_forward_hook(
-                lambda _m, _i, out, name=name: shapes.append((name, tuple(out.shape[1:])))
-            )
+            module.register_forward_hook(lambda _m, _i, out, name=name: shapes.append((name, tuple(out.shape[1:]))))
     with torch.no_grad():
         net(x)
     return shapes

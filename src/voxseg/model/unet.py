@@ -21,8 +21,9 @@ layer is built even when deep supervision is off, so one checkpoint serves both 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -56,9 +57,7 @@ class Topology:
                 kernel_sizes=tuple(tuple(int(k) for k in ks) for ks in network["kernel_sizes"]),
                 strides=tuple(tuple(int(s) for s in st) for st in network["strides"]),
                 n_conv_per_stage=tuple(int(n) for n in network["n_conv_per_stage"]),
-                n_conv_per_stage_decoder=tuple(
-                    int(n) for n in network["n_conv_per_stage_decoder"]
-                ),
+                n_conv_per_stage_decoder=tuple(int(n) for n in network["n_conv_per_stage_decoder"]),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise PlanError(f"network topology is malformed ({err!r})", fix=fix) from err
@@ -89,27 +88,24 @@ class _Ops:
     norm: str
     dropout: float
 
-    def conv(
-        self, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int], bias: bool = True
-    ) -> nn.Module:
-        cls = nn.Conv3d if self.dims == 3 else nn.Conv2d
+    def conv(self, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int], bias: bool = True) -> nn.Module:
+        cls: Callable[..., nn.Module] = nn.Conv3d if self.dims == 3 else nn.Conv2d  # tuples of length dims
         padding = tuple(k // 2 for k in kernel)
         return cls(cin, cout, tuple(kernel), tuple(stride), padding=padding, bias=bias)
 
     def conv_transpose(self, cin: int, cout: int, stride: Sequence[int]) -> nn.Module:
-        cls = nn.ConvTranspose3d if self.dims == 3 else nn.ConvTranspose2d
+        cls: Callable[..., nn.Module] = nn.ConvTranspose3d if self.dims == 3 else nn.ConvTranspose2d
         return cls(cin, cout, tuple(stride), tuple(stride))
 
     def norm_layer(self, channels: int) -> nn.Module:
+        cls: Callable[..., nn.Module]
         if self.norm == "batch":
             cls = nn.BatchNorm3d if self.dims == 3 else nn.BatchNorm2d
             return cls(channels, eps=1e-5)
         cls = nn.InstanceNorm3d if self.dims == 3 else nn.InstanceNorm2d
         return cls(channels, eps=1e-5, affine=True)
 
-    def conv_block(
-        self, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int], act: bool = True
-    ) -> nn.Sequential:
+    def conv_block(self, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int], act: bool = True) -> nn.Sequential:
         layers = [self.conv(cin, cout, kernel, stride)]
         if self.dropout > 0:
             layers.append((nn.Dropout3d if self.dims == 3 else nn.Dropout2d)(self.dropout))
@@ -152,15 +148,13 @@ class PlainEncoder(nn.Module):
 class ResidualBlock(nn.Module):
     """Two convs plus shortcut (ResNet-D: average-pool before the 1x1 projection when striding)."""
 
-    def __init__(
-        self, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int], ops: _Ops
-    ):
+    def __init__(self, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int], ops: _Ops):
         super().__init__()
         self.conv1 = ops.conv_block(cin, cout, kernel, stride)
         self.conv2 = ops.conv_block(cout, cout, kernel, (1,) * ops.dims, act=False)
         shortcut: list[nn.Module] = []
         if any(s != 1 for s in stride):
-            pool = nn.AvgPool3d if ops.dims == 3 else nn.AvgPool2d
+            pool: Callable[..., nn.Module] = nn.AvgPool3d if ops.dims == 3 else nn.AvgPool2d
             shortcut.append(pool(tuple(stride), tuple(stride)))
         if cin != cout:
             # no bias: the norm right after it has its own shift (as in nnU-Net's ResEnc)
@@ -212,9 +206,7 @@ class Decoder(nn.Module):
         ups, stages = [], []
         for d in range(topo.n_stages - 1):
             below, here = topo.n_stages - 1 - d, topo.n_stages - 2 - d
-            ups.append(
-                ops.conv_transpose(topo.features[below], topo.features[here], topo.strides[below])
-            )
+            ups.append(ops.conv_transpose(topo.features[below], topo.features[here], topo.strides[below]))
             blocks = [
                 ops.conv_block(
                     2 * topo.features[here] if i == 0 else topo.features[here],
@@ -273,6 +265,7 @@ class UNet(nn.Module):
         n = len(features) if self.deep_supervision else 1
         outputs = {"seg": [layer(f) for layer, f in zip(self.seg_layers[:n], features)]}
         for name, layers in self.head_layers.items():
+            layers = cast(nn.ModuleList, layers)  # ModuleDict's items are typed Module; __init__ puts ModuleLists here
             outputs[name] = [layer(f) for layer, f in zip(layers[:n], features)]
         return outputs
 
@@ -288,9 +281,9 @@ def _zero_last_norm(net: UNet) -> None:
     """Residual blocks start as identity-plus-shortcut, as nnU-Net's ResEnc does."""
     for block in net.modules():
         if isinstance(block, ResidualBlock):
-            norm = block.conv2[-1]
-            if getattr(norm, "weight", None) is not None:
-                nn.init.zeros_(norm.weight)
+            weight = getattr(block.conv2[-1], "weight", None)
+            if weight is not None:
+                nn.init.zeros_(weight)
 
 
 def _build(

@@ -22,9 +22,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from voxseg import __version__
 from voxseg.errors import CheckpointError, InputError, NotFoundError
@@ -51,42 +52,55 @@ class ImportResult:
 
 def _read_json(path: Path) -> dict:
     if not path.is_file():
-        raise NotFoundError(f"{path.name} not found", path=path,
-                            fix="pass an nnU-Net trained-model folder <Trainer>__<Plans>__<configuration>")
+        raise NotFoundError(
+            f"{path.name} not found", path=path, fix="pass an nnU-Net trained-model folder <Trainer>__<Plans>__<configuration>"
+        )
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"invalid JSON ({e.msg}, line {e.lineno})", path=path, fix="restore the file nnU-Net wrote") from None
+        raise CheckpointError(
+            f"invalid JSON ({e.msg}, line {e.lineno})", path=path, fix="restore the file nnU-Net wrote"
+        ) from None
 
 
 def select_folds(model_dir: Path, folds: Sequence[str] | None) -> list[str]:
     """Folds to import: the requested ones, else every fold_N with a final checkpoint (fold_all only
     when there is no other, as nnU-Net's predictor chooses)."""
-    found = {p.name[len("fold_"):] for p in model_dir.glob("fold_*") if (p / CHECKPOINT_FILES["final"]).is_file()}
+    found = {p.name[len("fold_") :] for p in model_dir.glob("fold_*") if (p / CHECKPOINT_FILES["final"]).is_file()}
     if folds is not None:
         missing = [f for f in folds if f not in found]
         if missing:
-            raise NotFoundError(f"fold(s) {missing} have no {CHECKPOINT_FILES['final']} (found {sorted(found)})",
-                                path=model_dir, fix="pass --folds with trained folds only")
+            raise NotFoundError(
+                f"fold(s) {missing} have no {CHECKPOINT_FILES['final']} (found {sorted(found)})",
+                path=model_dir,
+                fix="pass --folds with trained folds only",
+            )
         return list(folds)
     numbered = sorted((f for f in found if f != "all"), key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0, f))
     chosen = numbered or sorted(found)
     if not chosen:
-        raise NotFoundError(f"no fold_*/{CHECKPOINT_FILES['final']} found", path=model_dir,
-                            fix="pass the <Trainer>__<Plans>__<configuration> folder of a finished nnU-Net training")
+        raise NotFoundError(
+            f"no fold_*/{CHECKPOINT_FILES['final']} found",
+            path=model_dir,
+            fix="pass the <Trainer>__<Plans>__<configuration> folder of a finished nnU-Net training",
+        )
     return chosen
 
 
 def _network_weights(ckpt: dict, path: Path) -> dict:
     weights = ckpt.get("network_weights")
     if not isinstance(weights, dict) or "trainer_name" not in ckpt or "init_args" not in ckpt:
-        raise CheckpointError("not an nnU-Net v2 checkpoint (no network_weights/trainer_name/init_args)", path=path,
-                              fix="pass the folder nnUNetv2_train wrote")
+        raise CheckpointError(
+            "not an nnU-Net v2 checkpoint (no network_weights/trainer_name/init_args)",
+            path=path,
+            fix="pass the folder nnUNetv2_train wrote",
+        )
     return weights
 
 
-def _build_meta(converted: ConvertedPlans, config_name: str, spec: NetworkSpec, mirror_axes: list[int],
-                source: dict[str, Any]) -> dict[str, Any]:
+def _build_meta(
+    converted: ConvertedPlans, config_name: str, spec: NetworkSpec, mirror_axes: list[int], source: dict[str, Any]
+) -> dict[str, Any]:
     plan = converted.plan
     return {
         "plan": plan.to_json(),
@@ -102,12 +116,12 @@ def _build_meta(converted: ConvertedPlans, config_name: str, spec: NetworkSpec, 
 
 def recipe(export_order: int) -> dict[str, Any]:
     """How the predictor runs an imported model (read by voxseg.inference.predictor)."""
-    return {"gaussian": "nnunet", "accumulate": "float16", "export": "nnunet", "export_order": export_order,
-            "autocast": "fp16"}
+    return {"gaussian": "nnunet", "accumulate": "float16", "export": "nnunet", "export_order": export_order, "autocast": "fp16"}
 
 
-def import_nnunet(model_dir: str | Path, run_dir: str | Path, *, folds: Sequence[str] | None = None,
-                  overwrite: bool = False) -> ImportResult:
+def import_nnunet(
+    model_dir: str | Path, run_dir: str | Path, *, folds: Sequence[str] | None = None, overwrite: bool = False
+) -> ImportResult:
     """Write a voxseg run folder predicting exactly what the nnU-Net model in ``model_dir`` predicts.
 
     Refuses (CheckpointError, one line) any model voxseg would predict differently. ``overwrite``
@@ -116,8 +130,11 @@ def import_nnunet(model_dir: str | Path, run_dir: str | Path, *, folds: Sequence
     """
     model_dir, run_dir = Path(model_dir), Path(run_dir)
     if not model_dir.is_dir():
-        raise NotFoundError("model folder not found", path=model_dir,
-                            fix="pass nnUNet_results/DatasetNNN_Name/<Trainer>__<Plans>__<configuration>")
+        raise NotFoundError(
+            "model folder not found",
+            path=model_dir,
+            fix="pass nnUNet_results/DatasetNNN_Name/<Trainer>__<Plans>__<configuration>",
+        )
     _check_target(run_dir, overwrite)
     plans = _read_json(model_dir / "plans.json")
     dataset_json = _read_json(model_dir / "dataset.json")
@@ -131,7 +148,9 @@ def import_nnunet(model_dir: str | Path, run_dir: str | Path, *, folds: Sequence
     mirror = first.get("inference_allowed_mirroring_axes")
     mirror_axes = [] if mirror is None else [int(a) for a in mirror]  # None: nnU-Net does not mirror
     network = converted.plan.configuration(config_name).network
-    arch_name = plans["configurations"].get(config_name, {}).get("architecture", {}).get("network_class_name", network["architecture"])
+    arch_name = (
+        plans["configurations"].get(config_name, {}).get("architecture", {}).get("network_class_name", network["architecture"])
+    )
 
     run_dir.parent.mkdir(parents=True, exist_ok=True)  # staging beside RUN_DIR: the final rename stays on one disk
     staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.importing-", dir=run_dir.parent))
@@ -145,33 +164,55 @@ def import_nnunet(model_dir: str | Path, run_dir: str | Path, *, folds: Sequence
                 ckpt = first if path == first_path else load_checkpoint(path)
                 weights = _network_weights(ckpt, path)
                 if ckpt["trainer_name"] != trainer or ckpt["init_args"].get("configuration") != config_name:
-                    raise CheckpointError(f"trained as {ckpt['trainer_name']}/{ckpt['init_args'].get('configuration')}, "
-                                          f"fold {chosen[0]} as {trainer}/{config_name}", path=path,
-                                          fix="import folds of one training only (--folds)")
+                    raise CheckpointError(
+                        f"trained as {ckpt['trainer_name']}/{ckpt['init_args'].get('configuration')}, "
+                        f"fold {chosen[0]} as {trainer}/{config_name}",
+                        path=path,
+                        fix="import folds of one training only (--folds)",
+                    )
                 model = converted.model
                 if uses_running_stats(weights) and model.norm != "batch":
                     model = dataclasses.replace(model, norm="batch")  # e.g. nnUNetTrainerBN
                 spec = NetworkSpec(network, len(converted.plan.channel_names), converted.plan.output_channels, model)
                 net = build_from_spec(spec, deep_supervision=False)
-                state = convert_state_dict(weights, net, network, path=path,
-                                           what=f"the plans' {arch_name.rsplit('.', 1)[-1]} (trainer {trainer})")
-                source = {"model_dir": str(model_dir.resolve()), "trainer": trainer, "plans_name": plans.get("plans_name"),
-                          "configuration": config_name, "fold": fold, "checkpoint": filename,
-                          "epoch": ckpt.get("current_epoch")}
+                state = convert_state_dict(
+                    weights, net, network, path=path, what=f"the plans' {arch_name.rsplit('.', 1)[-1]} (trainer {trainer})"
+                )
+                source = {
+                    "model_dir": str(model_dir.resolve()),
+                    "trainer": trainer,
+                    "plans_name": plans.get("plans_name"),
+                    "configuration": config_name,
+                    "fold": fold,
+                    "checkpoint": filename,
+                    "epoch": ckpt.get("current_epoch"),
+                }
                 target = Path(f"fold_{fold}") / f"checkpoint_{name}.pt"
-                save_checkpoint(staging / target, {"trainer": {"network": state},
-                                                   "meta": _build_meta(converted, config_name, spec, mirror_axes, source)})
+                save_checkpoint(
+                    staging / target,
+                    {"trainer": {"network": state}, "meta": _build_meta(converted, config_name, spec, mirror_axes, source)},
+                )
                 written.append(str(target))
         for fname in NNUNET_FILES:
             if (model_dir / fname).is_file():
                 (staging / "nnunet").mkdir(exist_ok=True)
                 shutil.copyfile(model_dir / fname, staging / "nnunet" / fname)
-        atomic_write_json(staging / IMPORT_RECORD, {
-            "source": str(model_dir.resolve()), "trainer": trainer, "plans_name": plans.get("plans_name"),
-            "configuration": config_name, "network": arch_name, "folds": chosen, "checkpoints": written,
-            "mirror_axes": mirror_axes, "inference": recipe(converted.export_order),
-            "imported": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "voxseg": __version__,
-        })
+        atomic_write_json(
+            staging / IMPORT_RECORD,
+            {
+                "source": str(model_dir.resolve()),
+                "trainer": trainer,
+                "plans_name": plans.get("plans_name"),
+                "configuration": config_name,
+                "network": arch_name,
+                "folds": chosen,
+                "checkpoints": written,
+                "mirror_axes": mirror_axes,
+                "inference": recipe(converted.export_order),
+                "imported": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+                "voxseg": __version__,
+            },
+        )
         _replace(staging, run_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -182,8 +223,11 @@ def _check_target(run_dir: Path, overwrite: bool) -> None:
     if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
         return
     if not (run_dir / IMPORT_RECORD).is_file():
-        raise InputError("output folder exists and is not an imported nnU-Net model", path=run_dir,
-                         fix="choose a new -o folder (voxseg never overwrites a trained run)")
+        raise InputError(
+            "output folder exists and is not an imported nnU-Net model",
+            path=run_dir,
+            fix="choose a new -o folder (voxseg never overwrites a trained run)",
+        )
     if not overwrite:
         raise InputError("output folder already holds an import", path=run_dir, fix="pass --overwrite or another -o folder")
 

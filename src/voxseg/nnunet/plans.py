@@ -38,11 +38,26 @@ RESAMPLING_FN = "resample_data_or_seg_to_shape"
 IMAGE_RESAMPLING = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
 EXPORT_ORDERS = (0, 1, 3)  # orders voxseg's resampler implements for the logits on export
 NETWORK_CLASSES = {"PlainConvUNet": "plain_unet", "ResidualEncoderUNet": "resenc_unet"}
-_COMMON_KWARGS = {"n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides", "n_conv_per_stage_decoder",
-                  "conv_bias", "norm_op", "norm_op_kwargs", "dropout_op", "dropout_op_kwargs", "nonlin",
-                  "nonlin_kwargs", "deep_supervision"}
-_CLASS_KWARGS = {"PlainConvUNet": {"n_conv_per_stage", "nonlin_first"},
-                 "ResidualEncoderUNet": {"n_blocks_per_stage", "block", "bottleneck_channels", "stem_channels"}}
+_COMMON_KWARGS = {
+    "n_stages",
+    "features_per_stage",
+    "conv_op",
+    "kernel_sizes",
+    "strides",
+    "n_conv_per_stage_decoder",
+    "conv_bias",
+    "norm_op",
+    "norm_op_kwargs",
+    "dropout_op",
+    "dropout_op_kwargs",
+    "nonlin",
+    "nonlin_kwargs",
+    "deep_supervision",
+}
+_CLASS_KWARGS = {
+    "PlainConvUNet": {"n_conv_per_stage", "nonlin_first"},
+    "ResidualEncoderUNet": {"n_blocks_per_stage", "block", "bottleneck_channels", "stem_channels"},
+}
 REFUSAL_FIX = "predict this model with nnU-Net itself; voxseg never imports a model it would predict differently"
 
 
@@ -100,8 +115,14 @@ def read_labels(dataset_json: dict, path: str | Path | None = None) -> Labels:
         raise refusal("region labels without one regions_class_order entry per region", path)
     by_value = {int(v): k for k, v in entries.items() if isinstance(v, int)}
     num_classes = len(regions) + 1  # voxseg's convention for region datasets (DatasetSpec.num_classes)
-    return Labels(num_classes, ignore is not None, [by_value.get(i, f"class_{i}") for i in range(num_classes)],
-                  regions, region_names, [int(c) for c in order])
+    return Labels(
+        num_classes,
+        ignore is not None,
+        [by_value.get(i, f"class_{i}") for i in range(num_classes)],
+        regions,
+        region_names,
+        [int(c) for c in order],
+    )
 
 
 def resolve_configuration(plans: dict, name: str, path: str | Path | None = None) -> dict:
@@ -110,11 +131,17 @@ def resolve_configuration(plans: dict, name: str, path: str | Path | None = None
     chain: list[str] = []
     while True:
         if name not in configs:
-            raise PlanError(f"configuration {name!r} is not in plans.json (has {', '.join(configs)})", path=path,
-                            fix="pass a model folder whose plans.json holds the configuration its checkpoints were trained with")
+            raise PlanError(
+                f"configuration {name!r} is not in plans.json (has {', '.join(configs)})",
+                path=path,
+                fix="pass a model folder whose plans.json holds the configuration its checkpoints were trained with",
+            )
         if name in chain:
-            raise PlanError(f"configurations inherit in a circle: {' -> '.join(chain + [name])}", path=path,
-                            fix="fix inherits_from in plans.json")
+            raise PlanError(
+                f"configurations inherit in a circle: {' -> '.join(chain + [name])}",
+                path=path,
+                fix="fix inherits_from in plans.json",
+            )
         chain.append(name)
         parent = configs[name].get("inherits_from")
         if parent is None:
@@ -146,8 +173,10 @@ def _architecture_from_old_plans(cfg: dict, path: str | Path | None) -> dict:
             "conv_bias": True,
             "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dims}d",
             "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-            "dropout_op": None, "dropout_op_kwargs": None,
-            "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
+            "dropout_op": None,
+            "dropout_op_kwargs": None,
+            "nonlin": "torch.nn.LeakyReLU",
+            "nonlin_kwargs": {"inplace": True},
         }
     except (KeyError, TypeError) as e:
         raise refusal(f"plans without an 'architecture' block and without the old U-Net keys ({e})", path) from None
@@ -176,8 +205,10 @@ def network_from_architecture(arch: dict, dims: int, path: str | Path | None = N
     full_name = str(arch.get("network_class_name", ""))
     cls = _last(full_name)
     if not full_name.startswith("dynamic_network_architectures.") or cls not in NETWORK_CLASSES:
-        raise refusal(f"network class {full_name!r} (voxseg reproduces dynamic_network_architectures' "
-                      f"{' and '.join(NETWORK_CLASSES)})", path)
+        raise refusal(
+            f"network class {full_name!r} (voxseg reproduces dynamic_network_architectures' {' and '.join(NETWORK_CLASSES)})",
+            path,
+        )
     kw = dict(arch.get("arch_kwargs", {}))
     unknown = sorted(set(kw) - _COMMON_KWARGS - _CLASS_KWARGS[cls])
     if unknown:
@@ -247,8 +278,10 @@ def _check_resampling(cfg: dict, key: str, expected: dict, path) -> None:
     kwargs = dict(cfg.get(f"resampling_fn_{key}_kwargs") or {})
     threshold = kwargs.pop("separate_z_anisotropy_threshold", ANISOTROPY_RATIO)
     if fn != RESAMPLING_FN or kwargs != expected or threshold != ANISOTROPY_RATIO:
-        raise refusal(f"resampling_fn_{key} {fn} {cfg.get(f'resampling_fn_{key}_kwargs')} "
-                      f"(voxseg reproduces {RESAMPLING_FN} {expected})", path)
+        raise refusal(
+            f"resampling_fn_{key} {fn} {cfg.get(f'resampling_fn_{key}_kwargs')} (voxseg reproduces {RESAMPLING_FN} {expected})",
+            path,
+        )
 
 
 def _normalization(plans: dict, cfg: dict, n_channels: int, path) -> list[Normalization]:
@@ -259,15 +292,25 @@ def _normalization(plans: dict, cfg: dict, n_channels: int, path) -> list[Normal
     out = []
     for c, (scheme, masked) in enumerate(zip(schemes, masks)):
         if scheme not in NORMALIZATION_SCHEMES:
-            raise refusal(f"normalisation scheme {scheme!r} for channel {c} (voxseg reproduces {', '.join(NORMALIZATION_SCHEMES)})", path)
+            raise refusal(
+                f"normalisation scheme {scheme!r} for channel {c} (voxseg reproduces {', '.join(NORMALIZATION_SCHEMES)})", path
+            )
         if scheme != "CTNormalization":
             out.append(Normalization(NORMALIZATION_SCHEMES[scheme], use_nonzero_mask=bool(masked)))
             continue
         s = stats.get(str(c))
         if not s:
             raise refusal(f"CT normalisation of channel {c} without foreground_intensity_properties_per_channel", path)
-        out.append(Normalization("ct", mean=float(s["mean"]), std=float(s["std"]), lower=float(s["percentile_00_5"]),
-                                 upper=float(s["percentile_99_5"]), use_nonzero_mask=bool(masked)))
+        out.append(
+            Normalization(
+                "ct",
+                mean=float(s["mean"]),
+                std=float(s["std"]),
+                lower=float(s["percentile_00_5"]),
+                upper=float(s["percentile_99_5"]),
+                use_nonzero_mask=bool(masked),
+            )
+        )
     return out
 
 
@@ -296,8 +339,11 @@ def convert_plans(plans: dict, dataset_json: dict, config_name: str, path: str |
         raise refusal(f"label manager {plans['label_manager']}", path)
     cfg = resolve_configuration(plans, config_name, path)
     if cfg.get("previous_stage"):
-        raise refusal(f"{config_name} is a cascade stage (needs {cfg['previous_stage']}'s segmentation as input); "
-                      "voxseg does not run nnU-Net cascades yet -- import the previous stage on its own instead", path)
+        raise refusal(
+            f"{config_name} is a cascade stage (needs {cfg['previous_stage']}'s segmentation as input); "
+            "voxseg does not run nnU-Net cascades yet -- import the previous stage on its own instead",
+            path,
+        )
     if cfg.get("preprocessor_name", "DefaultPreprocessor") != "DefaultPreprocessor":
         raise refusal(f"preprocessor {cfg['preprocessor_name']}", path)
     _check_resampling(cfg, "data", IMAGE_RESAMPLING, path)

@@ -50,8 +50,12 @@ def module_pairs(network: dict) -> list[tuple[str, str]]:
                 block_in, stride = (cin, topo.strides[s]) if b == 0 else (topo.features[s], ones)
                 if block_in != topo.features[s]:  # projection shortcut, after an average pool when striding
                     j = int(tuple(stride) != ones)
-                    pairs.extend([(f"{ours}.shortcut.{j}", f"{theirs}.skip.{j}.conv"),
-                                  (f"{ours}.shortcut.{j + 1}", f"{theirs}.skip.{j}.norm")])
+                    pairs.extend(
+                        [
+                            (f"{ours}.shortcut.{j}", f"{theirs}.skip.{j}.conv"),
+                            (f"{ours}.shortcut.{j + 1}", f"{theirs}.skip.{j}.norm"),
+                        ]
+                    )
             cin = topo.features[s]
     for d in range(n - 1):  # decoder stage d: d = 0 sits right above the bottleneck on both sides
         pairs.append((f"decoder.ups.{d}", f"decoder.transpconvs.{d}"))
@@ -66,8 +70,14 @@ def _is_alias(key: str) -> bool:
     return key.startswith(_ALIAS_PREFIXES) or any(a in key for a in _ALIASES)
 
 
-def convert_state_dict(weights: dict[str, torch.Tensor], network: nn.Module, network_dict: dict, *,
-                       path: str | Path | None = None, what: str = "the plans' network") -> dict[str, torch.Tensor]:
+def convert_state_dict(
+    weights: dict[str, torch.Tensor],
+    network: nn.Module,
+    network_dict: dict,
+    *,
+    path: str | Path | None = None,
+    what: str = "the plans' network",
+) -> dict[str, torch.Tensor]:
     """nnU-Net's ``network_weights`` renamed onto ``network`` (built from ``network_dict``).
 
     Raises CheckpointError naming missing, unexpected and mis-shaped tensors (a few of each).
@@ -87,11 +97,16 @@ def convert_state_dict(weights: dict[str, torch.Tensor], network: nn.Module, net
     used = {f"{theirs_of[k.rpartition('.')[0]]}.{k.rpartition('.')[2]}" for k in converted}
     unexpected = sorted(k for k in weights if not _is_alias(k) and k not in used)
     if missing or shapes or unexpected:
-        parts = [f"{len(v)} {name} (e.g. {', '.join(v[:3])})" for name, v in
-                 (("missing", missing), ("unexpected", unexpected), ("with other shapes", shapes)) if v]
-        raise CheckpointError(f"checkpoint weights do not match {what}: {'; '.join(parts)}", path=path,
-                              fix="the trainer builds another network than its plans describe; "
-                                  "predict this model with nnU-Net itself")
+        parts = [
+            f"{len(v)} {name} (e.g. {', '.join(v[:3])})"
+            for name, v in (("missing", missing), ("unexpected", unexpected), ("with other shapes", shapes))
+            if v
+        ]
+        raise CheckpointError(
+            f"checkpoint weights do not match {what}: {'; '.join(parts)}",
+            path=path,
+            fix="the trainer builds another network than its plans describe; predict this model with nnU-Net itself",
+        )
     return converted
 
 

@@ -41,9 +41,9 @@ class Fingerprint:
     channel_names: list[str]
     num_classes: int
     cases: list[CaseFingerprint]
-    channel_stats: list[dict]      # mean, std, median, p00_5, p99_5, min, max of sampled foreground
+    channel_stats: list[dict]  # mean, std, median, p00_5, p99_5, min, max of sampled foreground
     class_voxel_counts: list[int]  # over the whole dataset, class 0..K-1 (IGNORE not counted)
-    class_case_counts: list[int]   # cases in which each class occurs
+    class_case_counts: list[int]  # cases in which each class occurs
 
     @property
     def spacings(self) -> np.ndarray:
@@ -62,7 +62,7 @@ class Fingerprint:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "Fingerprint":
+    def from_json(cls, d: dict) -> Fingerprint:
         return cls(**{**d, "cases": [CaseFingerprint(**c) for c in d["cases"]]})
 
 
@@ -70,6 +70,7 @@ def _case_fingerprint(args: tuple[DatasetSpec, int]) -> tuple[CaseFingerprint, n
     spec, index = args
     case = spec.training[index]
     image, geometry = read_case_images(case.images, spec.reader, n_channels=len(spec.channel_names))
+    assert case.label is not None  # every training case names its label file
     seg, _ = read_label(case.label, spec)
     box = nonzero_bbox(image)
     counts = np.bincount(seg[seg >= 0].ravel().astype(np.int64), minlength=spec.num_classes)[: spec.num_classes]
@@ -94,13 +95,21 @@ def _channel_stats(samples: np.ndarray) -> dict:
         return {"mean": 0.0, "std": 1.0, "median": 0.0, "p00_5": 0.0, "p99_5": 0.0, "min": 0.0, "max": 0.0}
     s = samples.astype(np.float64)
     lo, med, hi = np.percentile(s, [0.5, 50.0, 99.5])
-    return {"mean": float(s.mean()), "std": float(s.std()), "median": float(med), "p00_5": float(lo),
-            "p99_5": float(hi), "min": float(s.min()), "max": float(s.max())}
+    return {
+        "mean": float(s.mean()),
+        "std": float(s.std()),
+        "median": float(med),
+        "p00_5": float(lo),
+        "p99_5": float(hi),
+        "min": float(s.min()),
+        "max": float(s.max()),
+    }
 
 
 def compute_fingerprint(spec: DatasetSpec, workers: int | None = None, progress: bool = True) -> Fingerprint:
-    results = map_cases(_case_fingerprint, [(spec, i) for i in range(len(spec.training))], workers,
-                        desc="fingerprint", progress=progress)
+    results = map_cases(
+        _case_fingerprint, [(spec, i) for i in range(len(spec.training))], workers, desc="fingerprint", progress=progress
+    )
     cases = [r[0] for r in results]
     samples = np.concatenate([r[1] for r in results], axis=1)
     counts = np.array([c.class_voxel_counts for c in cases], dtype=np.int64)
@@ -115,8 +124,9 @@ def compute_fingerprint(spec: DatasetSpec, workers: int | None = None, progress:
     )
 
 
-def load_or_compute_fingerprint(spec: DatasetSpec, work_dir: str | Path, workers: int | None = None,
-                                progress: bool = True) -> Fingerprint:
+def load_or_compute_fingerprint(
+    spec: DatasetSpec, work_dir: str | Path, workers: int | None = None, progress: bool = True
+) -> Fingerprint:
     """Reuse ``WORK/fingerprint.json`` when it describes the same cases, else recompute and cache it."""
     path = Path(work_dir) / FINGERPRINT_FILE
     if path.is_file():

@@ -22,8 +22,8 @@ margin added; both numbers are fitted by the calibration script.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -122,8 +122,15 @@ def estimate_training_memory(
     scaled = (inputs + encoder + decoder + heads + loss + workspace) * coefficients.activation_scale
     total = scaled + params + coefficients.constant_bytes
     breakdown = {
-        "inputs": inputs, "encoder": encoder, "decoder": decoder, "heads": heads, "loss": loss,
-        "workspace": workspace, "activation_scale": coefficients.activation_scale,
-        "parameters": n_params, "parameter_state": params, "constant": int(coefficients.constant_bytes),
+        "inputs": inputs,
+        "encoder": encoder,
+        "decoder": decoder,
+        "heads": heads,
+        "loss": loss,
+        "workspace": workspace,
+        "activation_scale": coefficients.activation_scale,
+        "parameters": n_params,
+        "parameter_state": params,
+        "constant": int(coefficients.constant_bytes),
     }
     return MemoryEstimate(int(total), {k_: (int(v) if k_ != "activation_scale" else v) for k_, v in breakdown.items()})

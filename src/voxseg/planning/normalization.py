@@ -11,7 +11,7 @@ The chosen schemes are written to plans.json and printed by ``voxseg plan``.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from voxseg.errors import PlanError
 from voxseg.plans import NORMALIZATION_SCHEMES, Normalization
@@ -40,21 +40,26 @@ def parse_overrides(text: str) -> dict[int, str]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         index, _, scheme = part.partition("=")
         if not index.strip().isdigit() or scheme.strip().lower() not in NORMALIZATION_SCHEMES:
-            raise PlanError(f"--normalization entry {part!r} is not CHANNEL=SCHEME",
-                            fix="e.g. --normalization 0=noNorm,1=zscore (schemes: CT, zscore, noNorm, rescale_to_0_1, rgb_to_0_1)")
+            raise PlanError(
+                f"--normalization entry {part!r} is not CHANNEL=SCHEME",
+                fix="e.g. --normalization 0=noNorm,1=zscore (schemes: CT, zscore, noNorm, rescale_to_0_1, rgb_to_0_1)",
+            )
         out[int(index)] = scheme.strip().lower()
     return out
 
 
-def plan_normalization(channel_names: Sequence[str], stats: Sequence[dict], median_kept_fraction: float,
-                       overrides: Mapping[int, str] | None = None) -> list[Normalization]:
+def plan_normalization(
+    channel_names: Sequence[str], stats: Sequence[dict], median_kept_fraction: float, overrides: Mapping[int, str] | None = None
+) -> list[Normalization]:
     """One scheme per channel from its name (or an override), the fingerprint's foreground
     statistics and the crop ratio."""
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(range(len(channel_names))))
     if unknown:
-        raise PlanError(f"--normalization names channel(s) {unknown} but the dataset has {len(channel_names)}",
-                        fix=f"use channel indices 0..{len(channel_names) - 1}")
+        raise PlanError(
+            f"--normalization names channel(s) {unknown} but the dataset has {len(channel_names)}",
+            fix=f"use channel indices 0..{len(channel_names) - 1}",
+        )
     out = []
     for c, (name, st) in enumerate(zip(channel_names, stats)):
         scheme = overrides.get(c, scheme_for_name(name))

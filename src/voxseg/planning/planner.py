@@ -13,9 +13,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -46,11 +46,11 @@ GB = 1e9
 class PlannerOptions:
     gpu_memory_gb: float = 8.0
     configs: tuple[str, ...] = CONFIGS
-    patch_size: tuple[int, ...] | None = None   # 3 values: 3D configurations, 2 values: 2d
+    patch_size: tuple[int, ...] | None = None  # 3 values: 3D configurations, 2 values: 2d
     batch_size: int | None = None
-    spacing: tuple[float, ...] | None = None    # dataset array order; 2d uses the in-plane part
+    spacing: tuple[float, ...] | None = None  # dataset array order; 2d uses the in-plane part
     architecture: str = "plain_unet"
-    precision_bytes: int = 2                    # bf16 autocast
+    precision_bytes: int = 2  # bf16 autocast
     normalization: dict[int, str] | None = None  # channel -> scheme, overrides the channel names
     like: str | None = None  # another WORK folder whose configurations (topology) to reuse
 
@@ -70,8 +70,9 @@ class _Problem:
 
 
 def _estimate(pb: _Problem, network: dict, patch: Sequence[int], batch: int) -> int:
-    return estimate_training_memory(network, patch, batch, pb.in_channels, pb.num_classes,
-                                     precision_bytes=pb.options.precision_bytes).total_bytes
+    return estimate_training_memory(
+        network, patch, batch, pb.in_channels, pb.num_classes, precision_bytes=pb.options.precision_bytes
+    ).total_bytes
 
 
 def initial_patch(spacing: Sequence[float], median_shape: Sequence[int]) -> list[int]:
@@ -154,9 +155,12 @@ def plan_configuration(pb: _Problem, dims: int, *, batch_dice: bool) -> Configur
         batch_dice=batch_dice,
         network=network,
         deep_supervision_scales=deep_supervision_scales(network["strides"]),
-        memory={"budget_bytes": opts.budget_bytes, "estimate_bytes": est.total_bytes,
-                "precision": {2: "bf16", 4: "fp32"}.get(opts.precision_bytes, str(opts.precision_bytes)),
-                "breakdown": est.breakdown},
+        memory={
+            "budget_bytes": opts.budget_bytes,
+            "estimate_bytes": est.total_bytes,
+            "precision": {2: "bf16", 4: "fp32"}.get(opts.precision_bytes, str(opts.precision_bytes)),
+            "breakdown": est.breakdown,
+        },
     )
 
 
@@ -182,7 +186,9 @@ def plan_dataset(spec: DatasetSpec, fingerprint: Fingerprint, options: PlannerOp
     spacings, shapes = fingerprint.spacings, fingerprint.shapes_after_crop
     ndim = spacings.shape[1]
     if options.spacing is not None and len(options.spacing) != ndim:
-        raise PlanError(f"--spacing needs {ndim} values for this {ndim}D dataset", fix="e.g. --spacing " + ",".join(["1.0"] * ndim))
+        raise PlanError(
+            f"--spacing needs {ndim} values for this {ndim}D dataset", fix="e.g. --spacing " + ",".join(["1.0"] * ndim)
+        )
     spacing = tuple(options.spacing) if options.spacing is not None else target_spacing(spacings, shapes)
     forward, backward = transpose_for(spacing) if ndim == 3 else (list(range(ndim)), list(range(ndim)))
     spacing_t = tuple(spacing[a] for a in forward)
@@ -218,8 +224,9 @@ def plan_dataset(spec: DatasetSpec, fingerprint: Fingerprint, options: PlannerOp
         channel_names=list(spec.channel_names),
         transpose_forward=forward,
         transpose_backward=backward,
-        normalization=plan_normalization(spec.channel_names, fingerprint.channel_stats, fingerprint.median_kept_fraction,
-                                         options.normalization),
+        normalization=plan_normalization(
+            spec.channel_names, fingerprint.channel_stats, fingerprint.median_kept_fraction, options.normalization
+        ),
         configurations=configs,
         class_names=spec.class_names,
         regions=[list(r) for r in spec.regions.values()] if spec.regions else None,
@@ -234,8 +241,10 @@ def plan_like(spec: DatasetSpec, fingerprint: Fingerprint, other: Plan) -> Plan:
     schemes) for this dataset, as nnU-Net's move_plans_between_datasets: so a model trained with
     `other` can be fine-tuned here. CT statistics come from this dataset's fingerprint."""
     if len(other.channel_names) != len(spec.channel_names):
-        raise PlanError(f"--like plan has {len(other.channel_names)} channels, this dataset {len(spec.channel_names)}",
-                        fix="fine-tune only between datasets with the same channels, or plan without --like")
+        raise PlanError(
+            f"--like plan has {len(other.channel_names)} channels, this dataset {len(spec.channel_names)}",
+            fix="fine-tune only between datasets with the same channels, or plan without --like",
+        )
     dims = len(fingerprint.spacings[0])
     if any(c.dims == 3 for c in other.configurations.values()) and dims != 3:
         raise PlanError(f"--like plan is 3D but this dataset is {dims}D", fix="plan without --like")
@@ -262,8 +271,14 @@ def plan_like(spec: DatasetSpec, fingerprint: Fingerprint, other: Plan) -> Plan:
     )
 
 
-def plan_and_save(dataset_dir: str | Path, work_dir: str | Path, options: PlannerOptions = PlannerOptions(), *,
-                  workers: int | None = None, progress: bool = True) -> Plan:
+def plan_and_save(
+    dataset_dir: str | Path,
+    work_dir: str | Path,
+    options: PlannerOptions = PlannerOptions(),
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Plan:
     """`voxseg plan`: verify, fingerprint (cached), plan, write plans.json and a copy of dataset.json."""
     from voxseg.data.spec import load_dataset
     from voxseg.data.verify import verify_dataset
@@ -273,8 +288,11 @@ def plan_and_save(dataset_dir: str | Path, work_dir: str | Path, options: Planne
         for p in problems:
             print(p, file=sys.stderr)
         n = len(problems)
-        raise DatasetError(f"{n} problem{'s' if n > 1 else ''} in the dataset, listed above", path=dataset_dir,
-                           fix=f"fix them and plan again; `voxseg verify {dataset_dir}` checks without planning")
+        raise DatasetError(
+            f"{n} problem{'s' if n > 1 else ''} in the dataset, listed above",
+            path=dataset_dir,
+            fix=f"fix them and plan again; `voxseg verify {dataset_dir}` checks without planning",
+        )
     spec = load_dataset(dataset_dir)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)

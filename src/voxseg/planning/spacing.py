@@ -9,14 +9,15 @@ others, and never finer than the other axes.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from voxseg.plans import ANISOTROPY_RATIO
 
 
-def target_spacing(spacings: Sequence[Sequence[float]], shapes: Sequence[Sequence[int]]) -> tuple[float, ...]:
+def target_spacing(spacings: ArrayLike, shapes: ArrayLike) -> tuple[float, ...]:
     """Median spacing per axis, with the 10th-percentile rule for one very coarse, short axis.
 
     `spacings` and `shapes` are per case, array order, shapes after crop-to-non-zero.
@@ -47,7 +48,7 @@ def transpose_for(spacing: Sequence[float]) -> tuple[list[int], list[int]]:
     return forward, backward
 
 
-def median_shape_at(spacings, shapes, target: Sequence[float]) -> tuple[int, ...]:
+def median_shape_at(spacings: ArrayLike, shapes: ArrayLike, target: Sequence[float]) -> tuple[int, ...]:
     """Median per-axis size of the cases once resampled to `target` (array order)."""
     spacings = np.asarray(spacings, dtype=np.float64)
     shapes = np.asarray(shapes, dtype=np.float64)

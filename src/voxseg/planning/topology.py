@@ -13,8 +13,8 @@ The rules are nnU-Net's (users compare plans side by side), written as a small l
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 MIN_FEATURE_MAP = 4
 BASE_FEATURES = 32
@@ -25,10 +25,10 @@ RESENC_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6)
 
 @dataclass(frozen=True)
 class Topology:
-    strides: tuple[tuple[int, ...], ...]       # per stage, first stage all 1
+    strides: tuple[tuple[int, ...], ...]  # per stage, first stage all 1
     kernel_sizes: tuple[tuple[int, ...], ...]  # per stage
-    divisor: tuple[int, ...]                   # patch must be a multiple of this per axis
-    patch_size: tuple[int, ...]                # input patch rounded up to the divisor
+    divisor: tuple[int, ...]  # patch must be a multiple of this per axis
+    patch_size: tuple[int, ...]  # input patch rounded up to the divisor
 
     @property
     def num_stages(self) -> int:

@@ -5,7 +5,7 @@ Each scheme does what nnU-Net's class of the same name does, on a float32 (C, *S
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -49,8 +49,10 @@ def normalize_channels(image: np.ndarray, schemes: Sequence[Normalization], mask
         elif scheme.scheme == "rgb_to_0_1":
             lo, hi = (float(ch.min()), float(ch.max())) if ch.size else (0.0, 0.0)
             if lo < 0 or hi > 255:
-                raise DatasetError(f"channel {c} holds values in [{lo:g}, {hi:g}], but rgb_to_0_1 expects 8-bit values 0..255",
-                                   fix="name the channel zscore or rescale_to_0_1 in channel_names, or convert the images to 8 bit")
+                raise DatasetError(
+                    f"channel {c} holds values in [{lo:g}, {hi:g}], but rgb_to_0_1 expects 8-bit values 0..255",
+                    fix="name the channel zscore or rescale_to_0_1 in channel_names, or convert the images to 8 bit",
+                )
             ch /= 255.0
         # "nonorm": values kept; the image is already float32
     return image

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -46,8 +46,9 @@ def target_spacing_for(plan: Plan, config_name: str, spacing: Sequence[float]) -
     return [float(spacing[0])] + list(cfg.spacing) if cfg.dims == 2 else list(cfg.spacing)
 
 
-def preprocess_arrays(images: np.ndarray, geometry: Geometry, plan: Plan, config_name: str,
-                      labels: Sequence[np.ndarray] = ()) -> tuple[np.ndarray, list[np.ndarray], dict]:
+def preprocess_arrays(
+    images: np.ndarray, geometry: Geometry, plan: Plan, config_name: str, labels: Sequence[np.ndarray] = ()
+) -> tuple[np.ndarray, list[np.ndarray], dict]:
     """Like `preprocess_case` for any number of label maps on the image grid (main + extra)."""
     original_shape = list(images.shape[1:])
     added_axis = images.ndim == 3
@@ -78,8 +79,9 @@ def preprocess_arrays(images: np.ndarray, geometry: Geometry, plan: Plan, config
     nearest_axis = coarse_axis_for(spacing, target)
     images = resample_channels(images, new_shape, order=3, nearest_axis=nearest_axis)
     dtype = label_dtype(plan.num_classes)
-    labels = [resample_labels(np.asarray(lab, dtype=np.int16), new_shape, nearest_axis=nearest_axis).astype(dtype)
-              for lab in labels]
+    labels = [
+        resample_labels(np.asarray(lab, dtype=np.int16), new_shape, nearest_axis=nearest_axis).astype(dtype) for lab in labels
+    ]
     properties = {
         "original_shape": original_shape,
         "geometry": geometry.to_json(),
@@ -97,8 +99,9 @@ def preprocess_arrays(images: np.ndarray, geometry: Geometry, plan: Plan, config
     return images, labels, properties
 
 
-def preprocess_case(images: np.ndarray, geometry: Geometry, plan: Plan, config_name: str,
-                    seg: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+def preprocess_case(
+    images: np.ndarray, geometry: Geometry, plan: Plan, config_name: str, seg: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """(C, *S) float image (+ optional (1, *S) label map) -> preprocessed arrays and properties."""
     image, labels, props = preprocess_arrays(images, geometry, plan, config_name, [] if seg is None else [seg])
     return image, (labels[0] if labels else None), props
@@ -111,7 +114,9 @@ def labels_to_store_grid(seg: np.ndarray, properties: dict) -> np.ndarray:
         seg = seg[:, None]
     seg = seg.transpose([0] + [a + 1 for a in properties["transpose_forward"]])
     seg = crop(seg, properties["bbox"])
-    return resample_labels(np.asarray(seg, dtype=np.int16), properties["shape_after_resample"], nearest_axis=properties["nearest_axis"])
+    return resample_labels(
+        np.asarray(seg, dtype=np.int16), properties["shape_after_resample"], nearest_axis=properties["nearest_axis"]
+    )
 
 
 def _back_to_original(array: np.ndarray, properties: dict, fill) -> np.ndarray:
@@ -138,9 +143,14 @@ def restore_labels(seg: np.ndarray, properties: dict) -> np.ndarray:
 def plan_key(plan: Plan, config_name: str) -> str:
     """Hash of everything in the plan that changes stored arrays; a stored case with another key is redone."""
     cfg = plan.configuration(config_name)
-    relevant = {"spacing": cfg.spacing, "dims": cfg.dims, "transpose": plan.transpose_forward,
-                "normalization": [vars(n) for n in plan.normalization], "num_classes": plan.num_classes,
-                "regions": plan.regions}
+    relevant = {
+        "spacing": cfg.spacing,
+        "dims": cfg.dims,
+        "transpose": plan.transpose_forward,
+        "normalization": [vars(n) for n in plan.normalization],
+        "num_classes": plan.num_classes,
+        "regions": plan.regions,
+    }
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -148,6 +158,7 @@ def _one_case(args: tuple[DatasetSpec, Plan, str, int, Path]) -> str:
     spec, plan, config_name, index, out_root = args
     case = spec.training[index]
     images, geometry = read_case_images(case.images, spec.reader, n_channels=len(spec.channel_names))
+    assert case.label is not None  # every training case names its label file
     seg, _ = read_label(case.label, spec)
     extra_names = sorted(spec.extra_label_dirs)
     extra = [read_label(spec.extra_label(n, case.case_id), spec)[0] for n in extra_names]
@@ -187,9 +198,16 @@ def store_dir(work_dir: str | Path, config_name: str, plan: Plan | None = None) 
     return Path(work_dir) / "store" / (plan.store_of(config_name) if plan is not None else config_name)
 
 
-def preprocess_dataset(work_dir: str | Path, configs: Sequence[str] | None = None, *, workers: int | None = None,
-                       overwrite: bool = False, progress: bool = True, group_regex: str | None = None,
-                       splits_file: str | Path | None = None) -> dict[str, int]:
+def preprocess_dataset(
+    work_dir: str | Path,
+    configs: Sequence[str] | None = None,
+    *,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    group_regex: str | None = None,
+    splits_file: str | Path | None = None,
+) -> dict[str, int]:
     """Preprocess every training case for each configuration; returns cases written per configuration."""
     plan = load_plans(work_dir)
     spec = load_dataset(plan.dataset_path)

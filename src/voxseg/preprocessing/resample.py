@@ -16,8 +16,8 @@ value (nnU-Net's one-hot + order 1), one class at a time so memory stays at two 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 from scipy import ndimage

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -30,16 +30,19 @@ def case_groups(case_ids: Sequence[str], groups: dict[str, str] | None = None, g
         if pattern is not None:
             m = pattern.search(cid)
             if m is None:
-                raise InputError(f"--group-regex {group_regex!r} does not match case {cid!r}",
-                                 fix="use a pattern every case id matches, e.g. '^(patient\\d+)_'")
+                raise InputError(
+                    f"--group-regex {group_regex!r} does not match case {cid!r}",
+                    fix="use a pattern every case id matches, e.g. '^(patient\\d+)_'",
+                )
             out[cid] = m.group(1) if m.groups() else m.group(0)
         else:
             out[cid] = (groups or {}).get(cid, cid)
     return out
 
 
-def make_splits(case_ids: Sequence[str], n_folds: int = 5, seed: int = 12345,
-                groups: dict[str, str] | None = None) -> list[dict[str, list[str]]]:
+def make_splits(
+    case_ids: Sequence[str], n_folds: int = 5, seed: int = 12345, groups: dict[str, str] | None = None
+) -> list[dict[str, list[str]]]:
     groups = groups or {c: c for c in case_ids}
     members: dict[str, list[str]] = {}
     for cid in sorted(case_ids):
@@ -62,8 +65,9 @@ def make_splits(case_ids: Sequence[str], n_folds: int = 5, seed: int = 12345,
 def _validate(splits: object, case_ids: Sequence[str], path: Path) -> list[dict[str, list[str]]]:
     known = set(case_ids)
     if not isinstance(splits, list) or not splits or not all(isinstance(s, dict) and {"train", "val"} <= set(s) for s in splits):
-        raise InputError("splits must be a list of {\"train\": [...], \"val\": [...]}", path=path,
-                         fix="follow nnU-Net's splits_final.json layout")
+        raise InputError(
+            'splits must be a list of {"train": [...], "val": [...]}', path=path, fix="follow nnU-Net's splits_final.json layout"
+        )
     for i, s in enumerate(splits):
         unknown = sorted((set(s["train"]) | set(s["val"])) - known)
         if unknown:
@@ -73,9 +77,16 @@ def _validate(splits: object, case_ids: Sequence[str], path: Path) -> list[dict[
     return splits
 
 
-def load_or_create_splits(work_dir: str | Path, case_ids: Sequence[str], *, groups: dict[str, str] | None = None,
-                          group_regex: str | None = None, user_file: str | Path | None = None,
-                          n_folds: int = 5, seed: int = 12345) -> list[dict[str, list[str]]]:
+def load_or_create_splits(
+    work_dir: str | Path,
+    case_ids: Sequence[str],
+    *,
+    groups: dict[str, str] | None = None,
+    group_regex: str | None = None,
+    user_file: str | Path | None = None,
+    n_folds: int = 5,
+    seed: int = 12345,
+) -> list[dict[str, list[str]]]:
     """User file (copied in) > existing WORK/splits.json (kept) > new seeded, grouped folds."""
     path = Path(work_dir) / SPLITS_FILE
     source = Path(user_file) if user_file is not None else (path if path.is_file() else None)

@@ -23,11 +23,13 @@ resource, disk is not.
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -72,9 +74,8 @@ def write_case(
     atomic_save_npy(root / f"{case_id}_seg.npy", seg)
     for name, arr in (extra or {}).items():
         atomic_save_npy(root / f"{case_id}_seg_{name}.npy", arr)
-    with atomic_path(root / f"{case_id}_locs.npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **{k: np.asarray(v, dtype=np.int32) for k, v in locations.items()})
+    with atomic_path(root / f"{case_id}_locs.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, allow_pickle=False, **{k: np.asarray(v, dtype=np.int32) for k, v in locations.items()})
     atomic_write_json(root / f"{case_id}.json", {**properties, "case_id": case_id, "extra": sorted(extra or {})})
 
 
@@ -86,7 +87,7 @@ class Store:
     folder so one 3d_fullres store serves both configurations).
     """
 
-    def __init__(self, root: str | Path, overlays: dict[str, dict[str, Path]] | None = None):
+    def __init__(self, root: str | os.PathLike[str], overlays: dict[str, dict[str, Path]] | None = None):
         self.root = Path(root)
         self.overlays = dict(overlays or {})
 
@@ -119,8 +120,11 @@ class Store:
         except _UNREADABLE as e:
             work = self.root.parent.parent
             detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise InputError(f"stored case file is missing or damaged ({detail})", path=path,
-                             fix=f"re-run `voxseg preprocess {work} --configs {self.root.name} --overwrite`") from e
+            raise InputError(
+                f"stored case file is missing or damaged ({detail})",
+                path=path,
+                fix=f"re-run `voxseg preprocess {work} --configs {self.root.name} --overwrite`",
+            ) from e
 
 
 def _mmap(path: Path) -> np.ndarray:

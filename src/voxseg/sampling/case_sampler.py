@@ -15,8 +15,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -72,7 +72,7 @@ def foreground_rarity_weights(class_counts: Sequence[Mapping[int, int]]) -> np.n
     here and are lifted by the floor. When every case holds every class this is uniform.
     """
     present = [{k for k, v in c.items() if k >= 1 and v > 0} for c in class_counts]
-    n_cases_with = {}
+    n_cases_with: dict[int, int] = {}
     for classes in present:
         for k in classes:
             n_cases_with[k] = n_cases_with.get(k, 0) + 1
@@ -99,7 +99,9 @@ def read_case_weights(path: str | Path, case_ids: Sequence[str], known_ids: Sequ
                 rows = rows[1:]  # header
             table = {r[0].strip(): float(r[1]) for r in rows}
     except (ValueError, IndexError, AttributeError, json.JSONDecodeError) as e:
-        raise SettingsError(f"cannot read case weights ({e})", path=path, fix='use JSON {"case_id": weight} or CSV lines case_id,weight') from None
+        raise SettingsError(
+            f"cannot read case weights ({e})", path=path, fix='use JSON {"case_id": weight} or CSV lines case_id,weight'
+        ) from None
     missing = [c for c in case_ids if c not in table]
     unknown = sorted(set(table) - set(known_ids if known_ids is not None else case_ids))
     if missing or unknown:
@@ -141,7 +143,7 @@ class CaseSampler:
     def __init__(
         self,
         case_ids: Sequence[str],
-        base_weights: Sequence[float] | None = None,
+        base_weights: Sequence[float] | np.ndarray | None = None,
         *,
         floor: float = 0.1,
         cap: float = 10.0,
@@ -165,7 +167,7 @@ class CaseSampler:
         self._index = {c: i for i, c in enumerate(self.case_ids)}
 
     @classmethod
-    def from_settings(cls, settings: SamplingSettings, store: Store, case_ids: Sequence[str]) -> "CaseSampler":
+    def from_settings(cls, settings: SamplingSettings, store: Store, case_ids: Sequence[str]) -> CaseSampler:
         spec = settings.case_weights
         if spec == "uniform":
             weights = None

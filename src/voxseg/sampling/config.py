@@ -7,7 +7,6 @@ typed settings can nest it and every bad value becomes one `SettingsError` line 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from voxseg.errors import SettingsError
 from voxseg.parallel import default_workers
@@ -17,25 +16,41 @@ BUILTIN_CASE_WEIGHTS = ("uniform", "foreground_rarity")
 
 @dataclass
 class SamplingSettings:
-    oversample_foreground: float = field(default=0.33, metadata={
-        "help": "fraction of each (global) batch whose patch is forced to contain foreground (nnU-Net: 0.33)"})
-    class_probabilities: Optional[dict[int, float]] = field(default=None, metadata={
-        "help": "foreground class -> relative probability of being a forced patch's class; "
-                "null: uniform over the classes present in the drawn case (nnU-Net)"})
+    oversample_foreground: float = field(
+        default=0.33,
+        metadata={"help": "fraction of each (global) batch whose patch is forced to contain foreground (nnU-Net: 0.33)"},
+    )
+    class_probabilities: dict[int, float] | None = field(
+        default=None,
+        metadata={
+            "help": "foreground class -> relative probability of being a forced patch's class; "
+            "null: uniform over the classes present in the drawn case (nnU-Net)"
+        },
+    )
     # Removes the "foreground always in the middle" bias of centred crops (nnU-Net issue 2045).
-    center_jitter: float = field(default=0.1, metadata={
-        "help": "random shift of a forced patch's centre, as a fraction of the patch per axis"})
-    case_weights: str = field(default="uniform", metadata={
-        "help": "how often each case is drawn: uniform, foreground_rarity, or a JSON ({case: weight}) / CSV (case,weight) file"})
+    center_jitter: float = field(
+        default=0.1, metadata={"help": "random shift of a forced patch's centre, as a fraction of the patch per axis"}
+    )
+    case_weights: str = field(
+        default="uniform",
+        metadata={
+            "help": "how often each case is drawn: uniform, foreground_rarity, or a JSON ({case: weight}) / CSV (case,weight) file"
+        },
+    )
     weight_floor: float = field(default=0.1, metadata={"help": "every case keeps at least floor/N of the probability mass"})
     weight_cap: float = field(default=10.0, metadata={"help": "every case keeps at most cap/N of the probability mass"})
-    adaptive: bool = field(default=False, metadata={"help": "re-weight cases every epoch toward their running (EMA) training loss"})
+    adaptive: bool = field(
+        default=False, metadata={"help": "re-weight cases every epoch toward their running (EMA) training loss"}
+    )
     adaptive_momentum: float = field(default=0.9, metadata={"help": "EMA momentum of each case's training loss (adaptive)"})
-    adaptive_blend: float = field(default=0.5, metadata={"help": "share of the loss-based weights in the case probabilities (adaptive)"})
+    adaptive_blend: float = field(
+        default=0.5, metadata={"help": "share of the loss-based weights in the case probabilities (adaptive)"}
+    )
     # Weighted sampling then changes the variance of the gradient but not what is optimised.
     correct_bias: bool = field(default=False, metadata={"help": "multiply each sample's loss by its importance weight 1/(N p_i)"})
-    workers: Optional[int] = field(default=None, metadata={
-        "help": "background loader processes; null: min(cores, 4); 0: in the training process"})
+    workers: int | None = field(
+        default=None, metadata={"help": "background loader processes; null: min(cores, 4); 0: in the training process"}
+    )
     prefetch: int = field(default=2, metadata={"help": "batches prepared ahead per worker"})
 
     def __post_init__(self) -> None:

@@ -28,6 +28,7 @@ Workers end with the main process even when it is killed with SIGKILL
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import multiprocessing as mp
@@ -38,9 +39,9 @@ import threading
 import traceback
 import weakref
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing import resource_tracker, shared_memory
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -99,8 +100,9 @@ class _Filler:
     """Crops (and, with an augmenter, augments) one batch into a slot; lives in a worker (or
     in-process) and caches opened cases."""
 
-    def __init__(self, store: Store, sampler: PatchSampler, layout: _Layout, seed: int, rank: int,
-                 augmenter: Augmenter | None = None):
+    def __init__(
+        self, store: Store, sampler: PatchSampler, layout: _Layout, seed: int, rank: int, augmenter: Augmenter | None = None
+    ):
         self.store = store
         self.sampler, self.layout, self.seed, self.rank = sampler, layout, seed, rank
         self.augmenter = augmenter
@@ -120,9 +122,13 @@ class _Filler:
             self._crop_buf = bytearray(self.crop_layout.nbytes)
         crop_image, crop_seg, crop_extra = self.crop_layout.arrays(self._crop_buf)
         classes = self._crop(job, crop_image, crop_seg, crop_extra)
-        self.augmenter.generator.manual_seed(int(np.random.default_rng([self.seed, self.rank, job.batch_index, 2]).integers(2**62)))
+        self.augmenter.generator.manual_seed(
+            int(np.random.default_rng([self.seed, self.rank, job.batch_index, 2]).integers(2**62))
+        )
         # Both layouts list the extra maps in the same (sorted) order.
-        out_image, out_labels = self.augmenter(torch.from_numpy(crop_image), [torch.from_numpy(a) for a in [crop_seg, *crop_extra.values()]])
+        out_image, out_labels = self.augmenter(
+            torch.from_numpy(crop_image), [torch.from_numpy(a) for a in [crop_seg, *crop_extra.values()]]
+        )
         image[...] = out_image.numpy()
         for target, label in zip([seg, *extra.values()], out_labels):
             target[...] = label.numpy()
@@ -170,7 +176,7 @@ def _slot_name() -> str:
 class _Slot:
     def __init__(self, layout: _Layout, shared: bool, pin: bool):
         self.shm = shared_memory.SharedMemory(_slot_name(), create=True, size=max(layout.nbytes, 1)) if shared else None
-        self.buf = self.shm.buf if shared else bytearray(layout.nbytes)
+        self.buf = self.shm.buf if self.shm is not None else bytearray(layout.nbytes)
         self.pinned = False
         image, seg, extra = layout.arrays(self.buf)
         self.tensors = (torch.from_numpy(image), torch.from_numpy(seg), {k: torch.from_numpy(v) for k, v in extra.items()})
@@ -184,13 +190,12 @@ class _Slot:
     def close(self) -> None:
         if self.pinned:
             torch.cuda.cudart().cudaHostUnregister(self.tensors[0].data_ptr())
-        self.tensors = None
+        del self.tensors  # the slot's memory can go once the last batch view is gone
         if self.shm is not None:
             self.shm.unlink()
-            try:
+            # BufferError: the caller still holds a batch of this slot; the mapping goes with it
+            with contextlib.suppress(BufferError):
                 self.shm.close()
-            except BufferError:
-                pass  # the caller still holds a batch of this slot; the mapping goes with it
 
 
 class PatchLoader:
@@ -259,7 +264,7 @@ class PatchLoader:
             # One resource tracker for the main process and its workers: started after the fork,
             # each worker would get its own tracker, which unlinks the slots it attached at exit.
             resource_tracker.ensure_running()
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
             self._jobs, self._results = ctx.Queue(), ctx.Queue()
             for _ in range(self.workers):
                 p = ctx.Process(target=_worker_main, args=(self._filler, self._jobs, self._results, os.getpid()), daemon=True)
@@ -268,7 +273,7 @@ class PatchLoader:
         self._finalizer = weakref.finalize(self, PatchLoader._shutdown, self._procs, self._slots, getattr(self, "_jobs", None))
 
     # -- iteration ---------------------------------------------------------------------------------
-    def __iter__(self) -> "PatchLoader":
+    def __iter__(self) -> PatchLoader:
         return self
 
     def __next__(self) -> Batch:
@@ -292,8 +297,16 @@ class PatchLoader:
         rng = np.random.default_rng([self.seed, self.rank, k, 0])
         idx = self.case_sampler.draw(self.batch_size, rng)
         slot = self._take_slot()
-        name = self._slots[slot].shm.name if self._slots[slot].shm is not None else None
-        job = _Job(next(self._job_ids), k, slot, name, tuple(self.case_sampler.case_ids[i] for i in idx), tuple(bool(f) for f in self.forced))
+        shm = self._slots[slot].shm
+        name = shm.name if shm is not None else None
+        job = _Job(
+            next(self._job_ids),
+            k,
+            slot,
+            name,
+            tuple(self.case_sampler.case_ids[i] for i in idx),
+            tuple(bool(f) for f in self.forced),
+        )
         self._jobs_meta[job.job_id] = job
         return job
 
@@ -332,7 +345,9 @@ class PatchLoader:
             except queue.Empty:
                 dead = [p.exitcode for p in self._procs if not p.is_alive()]
                 if dead:
-                    raise RuntimeError(f"a loader worker died (exit codes {dead}); out of memory? try fewer sampling.workers") from None
+                    raise RuntimeError(
+                        f"a loader worker died (exit codes {dead}); out of memory? try fewer sampling.workers"
+                    ) from None
                 continue
             if isinstance(error, VoxsegError):
                 raise error
@@ -358,7 +373,9 @@ class PatchLoader:
 
         for v in views:
             weakref.finalize(v, one_gone)
-        weights = self.case_sampler.importance_weights(job.case_ids) if self.correct_bias else np.ones(len(job.case_ids), np.float32)
+        weights = (
+            self.case_sampler.importance_weights(job.case_ids) if self.correct_bias else np.ones(len(job.case_ids), np.float32)
+        )
         return Batch(
             image=views[0],
             seg=views[1],
@@ -399,7 +416,7 @@ class PatchLoader:
     def close(self) -> None:
         self._finalizer()
 
-    def __enter__(self) -> "PatchLoader":
+    def __enter__(self) -> PatchLoader:
         return self
 
     def __exit__(self, *exc) -> None:

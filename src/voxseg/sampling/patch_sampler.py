@@ -22,8 +22,8 @@ an unforced one a random slice (one holding an annotated voxel with an ignore la
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -91,13 +91,13 @@ class PatchSampler:
             return PatchChoice(lower, z, None)
         z = int(voxel[0]) if two_d else None
         point, plane = (voxel[1:], shape[1:]) if two_d else (voxel, shape)
-        lower = []
+        starts: list[int] = []
         for v, s, p, j in zip(point, plane, self.patch_size, self.jitter):
             centre = int(v) + (int(rng.integers(-j, j + 1)) if j else 0)
             lo = max(min(0, s - p), int(v) - p + 1)
             hi = min(max(0, s - p), int(v))
-            lower.append(min(max(centre - p // 2, lo), hi))
-        return PatchChoice(tuple(lower), z, cls)
+            starts.append(min(max(centre - p // 2, lo), hi))
+        return PatchChoice(tuple(starts), z, cls)
 
     def _pick_class(self, locations: Mapping[str, np.ndarray], rng: np.random.Generator) -> int | None:
         present = foreground_classes(locations)

@@ -29,14 +29,20 @@ def find_previous_run(work_dir: Path, plan: Plan, config: str, given: str | Path
         if run.name.startswith("fold_"):
             run = run.parent
         if not run.is_dir():
-            raise NotFoundError("previous-stage run folder not found", path=run, fix=f"pass a {previous} run folder (WORK/runs/{previous}__...)")
+            raise NotFoundError(
+                "previous-stage run folder not found", path=run, fix=f"pass a {previous} run folder (WORK/runs/{previous}__...)"
+            )
         return run
     runs = sorted(p for p in (work_dir / "runs").glob(f"{previous}__*") if p.is_dir())
     if not runs:
-        raise InputError(f"no {previous} run in {work_dir / 'runs'}", fix=f"train the {previous} folds first: voxseg train {work_dir} {previous} 0 (... 4)")
+        raise InputError(
+            f"no {previous} run in {work_dir / 'runs'}",
+            fix=f"train the {previous} folds first: voxseg train {work_dir} {previous} 0 (... 4)",
+        )
     if len(runs) > 1:
-        raise InputError(f"{len(runs)} {previous} runs ({', '.join(r.name for r in runs)})",
-                         fix=f"choose one with --previous-stage {runs[0]}")
+        raise InputError(
+            f"{len(runs)} {previous} runs ({', '.join(r.name for r in runs)})", fix=f"choose one with --previous-stage {runs[0]}"
+        )
     return runs[0]
 
 
@@ -54,6 +60,9 @@ def check_complete(files: dict[str, Path], cases: list[str], run: Path, work_dir
     splits = json.loads(splits_path.read_text()) if splits_path.is_file() else []
     folds = sorted({i for i, s in enumerate(splits) if set(s["val"]) & set(missing)})
     what = f"folds {', '.join(map(str, folds))}" if folds else "all folds"
-    raise InputError(f"{len(missing)} case(s) have no previous-stage prediction (e.g. {missing[0]}): train {what} of {run.name} "
-                     "with final validation", path=run,
-                     fix=f"voxseg train {work_dir} {run.name.split('__')[0]} FOLD for each missing fold (training.final_validation=true)")
+    raise InputError(
+        f"{len(missing)} case(s) have no previous-stage prediction (e.g. {missing[0]}): train {what} of {run.name} "
+        "with final validation",
+        path=run,
+        fix=f"voxseg train {work_dir} {run.name.split('__')[0]} FOLD for each missing fold (training.final_validation=true)",
+    )

@@ -49,8 +49,10 @@ def _validate(trainer: Trainer, last_batch: Callable[[Batch], None] | None = Non
         batch = next(trainer.val_loader)
         out = trainer.validation_step(batch)
         if not isinstance(out, ValidationResult):
-            raise SettingsError(f"{type(trainer).__name__}.validation_step returned {type(out).__name__}",
-                                fix="return voxseg.training.trainer.ValidationResult(parts, tp_fp_fn)")
+            raise SettingsError(
+                f"{type(trainer).__name__}.validation_step returned {type(out).__name__}",
+                fix="return voxseg.training.trainer.ValidationResult(parts, tp_fp_fn)",
+            )
         for k, v in out.parts.items():
             sums[k] += v
         counts = out.tp_fp_fn if counts is None else counts + out.tp_fp_fn
@@ -59,8 +61,9 @@ def _validate(trainer: Trainer, last_batch: Callable[[Batch], None] | None = Non
     keys = sorted(sums)
     n = max(1, iters // dist.world_size) * dist.world_size
     totals = dist.all_reduce_sum(np.array([sums[k] for k in keys]))
+    assert counts is not None  # the loop above runs at least once
     counts = dist.all_reduce_sum(counts)
-    record = {f"val/{k}": float(v / n) for k, v in zip(keys, totals)}
+    record: dict[str, float | None] = {f"val/{k}": float(v / n) for k, v in zip(keys, totals)}
     tp, fp, fn = counts[:, 0], counts[:, 1], counts[:, 2]
     dice = np.where(tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1e-8), np.nan)
     names = trainer.ctx.plan.output_names if trainer.ctx.plan.is_region_based else trainer.ctx.class_names[1:]
@@ -113,7 +116,7 @@ def fit(trainer: Trainer, run_dir: Path, *, resume: bool = False) -> dict[str, A
     dist = trainer.ctx.dist
     main = dist.is_main
     log_path = run_dir / "log.jsonl"
-    state = {"epoch": 0, "ema": None, "best": -math.inf, "stale": 0}
+    state: dict[str, Any] = {"epoch": 0, "ema": None, "best": -math.inf, "stale": 0}  # as _resume_state returns it
     if resume:
         state = _resume_state(trainer, run_dir)
         if main:
@@ -174,7 +177,9 @@ def fit(trainer: Trainer, run_dir: Path, *, resume: bool = False) -> dict[str, A
                 tracking.log_epoch(epoch, record)
             save_progress(run_dir / "progress.png", read_log(log_path))
             trainer.loader.write_stats(run_dir / "sampling_stats.json")
-            summary = ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k in ("train/loss", "val/loss", "val/mean_dice") and v is not None)
+            summary = ", ".join(
+                f"{k}={v:.4f}" for k, v in record.items() if k in ("train/loss", "val/loss", "val/mean_dice") and v is not None
+            )
             print(f"epoch {epoch}: {summary}, {record['epoch_time']:.1f} s (data wait {wait:.1f} s)", flush=True)
             payload = _payload(trainer, state)
             if improved:

@@ -33,7 +33,9 @@ class TransferReport:
     classes: dict[str, str] = field(default_factory=dict)  # target output name -> "kept (was value v)" / "new"
 
     def lines(self) -> list[str]:
-        out = [f"pretrained: copied {len(self.copied)} tensors, re-initialised {len(self.reinitialised)}, dropped {len(self.dropped)}"]
+        out = [
+            f"pretrained: copied {len(self.copied)} tensors, re-initialised {len(self.reinitialised)}, dropped {len(self.dropped)}"
+        ]
         out += [f"  output '{name}': {what}" for name, what in self.classes.items()]
         out += [f"  re-initialised {n}" for n in self.reinitialised]
         out += [f"  dropped {n}" for n in self.dropped]
@@ -58,9 +60,14 @@ def find_checkpoint(source: str | Path) -> Path:
     if len(folds) == 1:
         return folds[0] / "checkpoint_final.pt"
     if not folds:
-        raise CheckpointError("no trained checkpoint here", path=source, fix="pass a checkpoint_*.pt, a fold_N folder or a trained run folder")
-    raise CheckpointError(f"{len(folds)} trained folds here ({', '.join(p.name for p in folds)})", path=source,
-                          fix=f"pass one of them, e.g. --pretrained {folds[0]}")
+        raise CheckpointError(
+            "no trained checkpoint here", path=source, fix="pass a checkpoint_*.pt, a fold_N folder or a trained run folder"
+        )
+    raise CheckpointError(
+        f"{len(folds)} trained folds here ({', '.join(p.name for p in folds)})",
+        path=source,
+        fix=f"pass one of them, e.g. --pretrained {folds[0]}",
+    )
 
 
 def transfer_weights(network: nn.Module, target: Plan, checkpoint: str | Path) -> TransferReport:
@@ -75,8 +82,12 @@ def transfer_weights(network: nn.Module, target: Plan, checkpoint: str | Path) -
     same_kind = bool(source_plan.regions) == bool(target.regions)
     src_names, dst_names = output_names(source_plan), output_names(target)
     rows = [src_names.index(n) if same_kind and n in src_names else None for n in dst_names]
-    report = TransferReport(classes={n: ("kept" if r is not None else "new (fresh weights)") + (f", was channel {r}" if r is not None and r != j else "")
-                                     for j, (n, r) in enumerate(zip(dst_names, rows))})
+    report = TransferReport(
+        classes={
+            n: ("kept" if r is not None else "new (fresh weights)") + (f", was channel {r}" if r is not None and r != j else "")
+            for j, (n, r) in enumerate(zip(dst_names, rows))
+        }
+    )
     state = network.state_dict()
     first_conv = next((k for k, v in state.items() if v.ndim >= 4), None)
     mismatched = []
@@ -97,10 +108,13 @@ def transfer_weights(network: nn.Module, target: Plan, checkpoint: str | Path) -
             mismatched.append(f"{name} {tuple(src.shape) if src is not None else 'missing'} vs {tuple(tensor.shape)}")
     if mismatched:
         raise CheckpointError(
-            f"the pretrained network has another topology ({len(mismatched)} tensors differ, e.g. {mismatched[0]})", path=path,
-            fix="plan this dataset with the pretrained run's topology: voxseg plan DATASET -o WORK --like PRETRAINED_WORK")
+            f"the pretrained network has another topology ({len(mismatched)} tensors differ, e.g. {mismatched[0]})",
+            path=path,
+            fix="plan this dataset with the pretrained run's topology: voxseg plan DATASET -o WORK --like PRETRAINED_WORK",
+        )
     report.dropped = [n for n in source_state if n not in state] + [
-        f"output '{n}'" for n in src_names if same_kind and n not in dst_names]
+        f"output '{n}'" for n in src_names if same_kind and n not in dst_names
+    ]
     network.load_state_dict(state)
     return report
 
@@ -110,4 +124,3 @@ def _copy_rows(tensor: torch.Tensor, src: torch.Tensor, rows: list[int | None]) 
         for j, r in enumerate(rows):
             if r is not None:
                 tensor[j] = src[r]
-

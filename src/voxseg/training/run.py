@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from voxseg.device import resolve_device
+from voxseg.distributed import init_distributed, shutdown_distributed
 from voxseg.errors import CheckpointError, InputError
 from voxseg.io_utils import atomic_write_json, atomic_write_text
 from voxseg.planning.fingerprint import Fingerprint
@@ -26,7 +27,6 @@ from voxseg.plans import Plan, load_plans
 from voxseg.preprocessing.preprocess import store_dir
 from voxseg.preprocessing.splits import load_or_create_splits
 from voxseg.preprocessing.store import Store
-from voxseg.distributed import init_distributed, shutdown_distributed
 from voxseg.training.cascade import PREVIOUS, check_complete, find_previous_run, next_stage_files
 from voxseg.training.loop import fit
 from voxseg.training.settings import Settings
@@ -47,10 +47,18 @@ def fold_cases(work_dir: Path, fold: str, available: list[str]) -> FoldCases:
         k = int(fold)
         split = splits[k]
     except (ValueError, IndexError):
-        raise InputError(f"fold '{fold}' does not exist ({len(splits)} folds in splits.json)", path=work_dir / "splits.json", fix=f"use 0..{len(splits) - 1} or all") from None
+        raise InputError(
+            f"fold '{fold}' does not exist ({len(splits)} folds in splits.json)",
+            path=work_dir / "splits.json",
+            fix=f"use 0..{len(splits) - 1} or all",
+        ) from None
     missing = sorted((set(split["train"]) | set(split["val"])) - set(available))
     if missing:
-        raise InputError(f"cases {missing[:5]} of the split are not preprocessed", path=work_dir, fix="run `voxseg preprocess` for this configuration")
+        raise InputError(
+            f"cases {missing[:5]} of the split are not preprocessed",
+            path=work_dir,
+            fix="run `voxseg preprocess` for this configuration",
+        )
     return FoldCases(list(split["train"]), list(split["val"]))
 
 
@@ -104,9 +112,13 @@ def train(
         files = next_stage_files(previous_run)
         store = Store(store.root, overlays={PREVIOUS: files})
     if not available:
-        raise InputError(f"no preprocessed cases for '{config}'", path=store.root, fix=f"run `voxseg preprocess {work_dir} --configs {config}`")
+        raise InputError(
+            f"no preprocessed cases for '{config}'", path=store.root, fix=f"run `voxseg preprocess {work_dir} --configs {config}`"
+        )
     trainer_cls: type[Trainer] = trainer if isinstance(trainer, type) else load_trainer(trainer)
-    trainer_spec = f"{trainer.__module__}:{trainer.__qualname__}" if isinstance(trainer, type) else _absolute_trainer_spec(trainer)
+    trainer_spec = (
+        f"{trainer.__module__}:{trainer.__qualname__}" if isinstance(trainer, type) else _absolute_trainer_spec(trainer)
+    )
     dev = resolve_device(device)
     dist = init_distributed(dev.type)
     if dist.world_size > 1 and dev.type == "cuda":
@@ -120,17 +132,32 @@ def train(
         check_complete(store.overlays[PREVIOUS], cases.train + cases.val, previous_run, work_dir)
     run_dir = run_dir_for(work_dir, config, trainer_cls.name, settings, fold, name)
     if resume and not any((run_dir / n).is_file() for n in ("checkpoint_latest.pt", "checkpoint_best.pt")):
-        raise CheckpointError("nothing to resume: no checkpoint_latest.pt or checkpoint_best.pt", path=run_dir, fix="train without --resume first")
+        raise CheckpointError(
+            "nothing to resume: no checkpoint_latest.pt or checkpoint_best.pt", path=run_dir, fix="train without --resume first"
+        )
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "settings.yaml", settings.to_yaml())
-        atomic_write_json(run_dir / "run.json", {"work_dir": str(work_dir.resolve()), "config": config, "fold": fold, "trainer": trainer_spec,
-                                                 "pretrained": str(Path(pretrained).resolve()) if pretrained else None,
-                                                 "previous_stage": str(previous_run.resolve()) if previous_run else None,
-                                                 "train": cases.train, "val": cases.val})
+        atomic_write_json(
+            run_dir / "run.json",
+            {
+                "work_dir": str(work_dir.resolve()),
+                "config": config,
+                "fold": fold,
+                "trainer": trainer_spec,
+                "pretrained": str(Path(pretrained).resolve()) if pretrained else None,
+                "previous_stage": str(previous_run.resolve()) if previous_run else None,
+                "train": cases.train,
+                "val": cases.val,
+            },
+        )
     from voxseg.data.spec import load_dataset
 
-    class_names = load_dataset(plan.dataset_path).class_names if Path(plan.dataset_path).is_dir() else [str(i) for i in range(plan.num_classes)]
+    class_names = (
+        load_dataset(plan.dataset_path).class_names
+        if Path(plan.dataset_path).is_dir()
+        else [str(i) for i in range(plan.num_classes)]
+    )
     ctx = TrainingContext(
         plan=plan,
         config_name=config,
@@ -154,7 +181,9 @@ def train(
             weights = t.class_weights()
             print(f"training {config} fold {fold} with trainer '{trainer_cls.name}' on {dev} -> {run_dir}")
             print(f"class weights: {weights if weights is not None else 'none'}")
-            atomic_write_json(run_dir / "class_weights.json", {"class_weights": weights, "class_voxel_counts": ctx.class_voxel_counts})
+            atomic_write_json(
+                run_dir / "class_weights.json", {"class_weights": weights, "class_voxel_counts": ctx.class_voxel_counts}
+            )
         fit(t, run_dir, resume=resume)
     finally:
         t.close()

@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import yaml
 
@@ -42,33 +42,43 @@ class TrainingSettings:
 
     epochs: int = field(default=1000, metadata={"help": "epochs to train"})
     iterations_per_epoch: int = field(default=250, metadata={"help": "training steps per epoch"})
-    val_iterations: int = field(default=50, metadata={
-        "help": "validation batches per epoch (pseudo-Dice, validation loss); 0: none"})
-    batch_size: Optional[int] = field(default=None, metadata={
-        "help": "global batch size, split over DDP ranks; null: the plan's"})
-    lr: Optional[float] = field(default=None, metadata={
-        "help": "initial learning rate; null: 1e-2 (nnU-Net), or 1e-3 when fine-tuning (--pretrained)"})
+    val_iterations: int = field(
+        default=50, metadata={"help": "validation batches per epoch (pseudo-Dice, validation loss); 0: none"}
+    )
+    batch_size: int | None = field(default=None, metadata={"help": "global batch size, split over DDP ranks; null: the plan's"})
+    lr: float | None = field(
+        default=None, metadata={"help": "initial learning rate; null: 1e-2 (nnU-Net), or 1e-3 when fine-tuning (--pretrained)"}
+    )
     momentum: float = field(default=0.99, metadata={"help": "SGD momentum"})
     nesterov: bool = field(default=True, metadata={"help": "Nesterov momentum"})
     weight_decay: float = field(default=3e-5, metadata={"help": "SGD weight decay"})
-    poly_exponent: float = field(default=0.9, metadata={
-        "help": "after the warm-up the learning rate decays as (1 - epoch / epochs) ^ poly_exponent"})
+    poly_exponent: float = field(
+        default=0.9, metadata={"help": "after the warm-up the learning rate decays as (1 - epoch / epochs) ^ poly_exponent"}
+    )
     grad_clip: float = field(default=12.0, metadata={"help": "gradient norm clipped to this every step"})
-    precision: str = field(default="auto", metadata={
-        "help": "auto (bf16 where the device supports it, else fp32), bf16, fp16 or fp32"})
-    compile: str = field(default="auto", metadata={
-        "help": "torch.compile the network: auto (on for CUDA, else off), on or off"})
+    precision: str = field(
+        default="auto", metadata={"help": "auto (bf16 where the device supports it, else fp32), bf16, fp16 or fp32"}
+    )
+    compile: str = field(default="auto", metadata={"help": "torch.compile the network: auto (on for CUDA, else off), on or off"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, sampling and augmentation"})
-    checkpoint_every: Optional[int] = field(default=None, metadata={
-        "help": "also keep checkpoint_epoch_N.pt every N epochs (checkpoint_latest.pt is written every epoch); null: none"})
-    early_stopping_patience: Optional[int] = field(default=None, metadata={
-        "help": "stop after this many epochs without a better EMA pseudo-Dice; null: never"})
-    warmup_epochs: int = field(default=0, metadata={
-        "help": "linear learning-rate warm-up over the first N epochs, then poly decay"})
-    freeze_encoder_epochs: int = field(default=0, metadata={
-        "help": "train only decoder and heads for the first N epochs (fine-tuning)"})
-    final_validation: bool = field(default=True, metadata={
-        "help": "predict the fold's validation cases with the predictor after training"})
+    checkpoint_every: int | None = field(
+        default=None,
+        metadata={
+            "help": "also keep checkpoint_epoch_N.pt every N epochs (checkpoint_latest.pt is written every epoch); null: none"
+        },
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "stop after this many epochs without a better EMA pseudo-Dice; null: never"}
+    )
+    warmup_epochs: int = field(
+        default=0, metadata={"help": "linear learning-rate warm-up over the first N epochs, then poly decay"}
+    )
+    freeze_encoder_epochs: int = field(
+        default=0, metadata={"help": "train only decoder and heads for the first N epochs (fine-tuning)"}
+    )
+    final_validation: bool = field(
+        default=True, metadata={"help": "predict the fold's validation cases with the predictor after training"}
+    )
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -101,21 +111,37 @@ class TrainingSettings:
 class Settings:
     """Every settings group; a field's `help` describes the group, `page` names its docs page."""
 
-    training: TrainingSettings = field(default_factory=TrainingSettings, metadata={
-        "help": "schedule, optimiser, precision and checkpoints (nnU-Net's by default)", "page": "training.md"})
-    sampling: SamplingSettings = field(default_factory=SamplingSettings, metadata={
-        "help": "which cases and patches each batch holds, and the loader's workers", "page": "sampling.md"})
-    augmentation: AugmentationSettings = field(default_factory=AugmentationSettings, metadata={
-        "help": "every transform's probability and range; `preset` (default, light, none) is applied first, "
-                "the other keys refine it", "page": "augmentation.md"})
-    loss: LossSettings = field(default_factory=LossSettings, metadata={
-        "help": "Dice + CE weights, class weights, deep supervision, partial labels", "page": "losses.md"})
-    model: ModelSettings = field(default_factory=ModelSettings, metadata={
-        "help": "the network built from the plan's topology", "page": "losses.md"})
-    heads: list[HeadSettings] = field(default_factory=list, metadata={
-        "help": "extra output heads, each with its own target, loss and weight", "page": "multi-output.md"})
-    logging: LoggingSettings = field(default_factory=LoggingSettings, metadata={
-        "help": "experiment tracking: TensorBoard, MLflow, Weights & Biases (rank 0 only)", "page": "training.md"})
+    training: TrainingSettings = field(
+        default_factory=TrainingSettings,
+        metadata={"help": "schedule, optimiser, precision and checkpoints (nnU-Net's by default)", "page": "training.md"},
+    )
+    sampling: SamplingSettings = field(
+        default_factory=SamplingSettings,
+        metadata={"help": "which cases and patches each batch holds, and the loader's workers", "page": "sampling.md"},
+    )
+    augmentation: AugmentationSettings = field(
+        default_factory=AugmentationSettings,
+        metadata={
+            "help": "every transform's probability and range; `preset` (default, light, none) is applied first, "
+            "the other keys refine it",
+            "page": "augmentation.md",
+        },
+    )
+    loss: LossSettings = field(
+        default_factory=LossSettings,
+        metadata={"help": "Dice + CE weights, class weights, deep supervision, partial labels", "page": "losses.md"},
+    )
+    model: ModelSettings = field(
+        default_factory=ModelSettings, metadata={"help": "the network built from the plan's topology", "page": "losses.md"}
+    )
+    heads: list[HeadSettings] = field(
+        default_factory=list,
+        metadata={"help": "extra output heads, each with its own target, loss and weight", "page": "multi-output.md"},
+    )
+    logging: LoggingSettings = field(
+        default_factory=LoggingSettings,
+        metadata={"help": "experiment tracking: TensorBoard, MLflow, Weights & Biases (rank 0 only)", "page": "training.md"},
+    )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -172,11 +198,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise SettingsError(f"{where} must be a mapping, got {value!r}", fix=f"e.g. --set {where}={{1: 0.5, 2: 0.5}}")
         return dict(value)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if isinstance(hint, type) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+    if (isinstance(hint, type) and not isinstance(value, hint)) or (hint is int and isinstance(value, bool)):
         raise SettingsError(f"{where} must be {hint.__name__}, got {value!r}", fix=f"set {where} to a {hint.__name__}")
     return value
 
@@ -191,7 +217,9 @@ def _build(cls: type, values: Any, where: str) -> Any:
     kwargs = {}
     for key, value in values.items():
         if key not in names:
-            raise SettingsError(f"unknown setting '{where}.{key}'" if where else f"unknown setting group '{key}'", fix=_suggest(str(key), names))
+            raise SettingsError(
+                f"unknown setting '{where}.{key}'" if where else f"unknown setting group '{key}'", fix=_suggest(str(key), names)
+            )
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where else key)
     try:
         return cls(**kwargs)
@@ -239,7 +267,8 @@ class _Yaml12Loader(yaml.SafeLoader):
 
 _BOOL = "tag:yaml.org,2002:bool"
 _Yaml12Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL] for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Yaml12Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 

@@ -59,8 +59,11 @@ def settings_reference() -> list[GroupDoc]:
         if typing.get_origin(cls) is list:
             cls, is_list = typing.get_args(cls)[0], True
         prefix = f"{group.name}[]." if is_list else f"{group.name}."
-        groups.append(GroupDoc(group.name, group.metadata.get("help", ""), group.metadata.get("page"),
-                               tuple(_setting_docs(cls, prefix)), is_list))
+        groups.append(
+            GroupDoc(
+                group.name, group.metadata.get("help", ""), group.metadata.get("page"), tuple(_setting_docs(cls, prefix)), is_list
+            )
+        )
     return groups
 
 
@@ -92,7 +95,10 @@ def select(key: str | None) -> list[GroupDoc]:
                 return [dataclasses.replace(group, settings=(setting,))]
     names = [g.name for g in groups] + [s.key for g in groups for s in g.settings]
     close = difflib.get_close_matches(wanted, names, n=1, cutoff=0.5)
-    raise SettingsError(f"unknown setting '{key}'", fix=f"did you mean '{close[0]}'?" if close else f"use one of the groups {', '.join(names[:len(groups)])}")
+    raise SettingsError(
+        f"unknown setting '{key}'",
+        fix=f"did you mean '{close[0]}'?" if close else f"use one of the groups {', '.join(names[: len(groups)])}",
+    )
 
 
 def render_text(groups: list[GroupDoc], width: int = 100) -> str:
@@ -160,8 +166,10 @@ def render_markdown() -> str:
 
 def _setting_docs(cls: type, prefix: str) -> list[SettingDoc]:
     hints = typing.get_type_hints(cls)
-    return [SettingDoc(prefix + f.name, type_name(hints[f.name]), _default(f), f.metadata.get("help", ""))
-            for f in dataclasses.fields(cls)]
+    return [
+        SettingDoc(prefix + f.name, type_name(hints[f.name]), _default(f), f.metadata.get("help", ""))
+        for f in dataclasses.fields(cls)
+    ]
 
 
 def type_name(hint: Any) -> str:

@@ -44,25 +44,31 @@ if TYPE_CHECKING:
 class LoggingSettings:
     """`logging.*`: experiment trackers, each off by default."""
 
-    tensorboard: bool = field(default=False, metadata={
-        "help": "write scalars and validation overlays to fold_N/tensorboard/ (needs: pip install 'voxseg[tensorboard]')"})
+    tensorboard: bool = field(
+        default=False,
+        metadata={
+            "help": "write scalars and validation overlays to fold_N/tensorboard/ (needs: pip install 'voxseg[tensorboard]')"
+        },
+    )
     mlflow: bool = field(default=False, metadata={"help": "log to MLflow (needs: pip install mlflow)"})
     wandb: bool = field(default=False, metadata={"help": "log to Weights & Biases (needs: pip install wandb, and wandb login)"})
-    project: str | None = field(default=None, metadata={
-        "help": "MLflow experiment / W&B project; null: the dataset's name"})
-    run_name: str | None = field(default=None, metadata={
-        "help": "MLflow / W&B run name; null: <run folder>/fold_N"})
-    tracking_uri: str | None = field(default=None, metadata={
-        "help": "MLflow tracking URI (a server or a local folder); null: MLflow's own default"})
-    images_every: int = field(default=10, metadata={
-        "help": "log validation overlays (image slice, reference, prediction) every N epochs; 0: never"})
+    project: str | None = field(default=None, metadata={"help": "MLflow experiment / W&B project; null: the dataset's name"})
+    run_name: str | None = field(default=None, metadata={"help": "MLflow / W&B run name; null: <run folder>/fold_N"})
+    tracking_uri: str | None = field(
+        default=None, metadata={"help": "MLflow tracking URI (a server or a local folder); null: MLflow's own default"}
+    )
+    images_every: int = field(
+        default=10, metadata={"help": "log validation overlays (image slice, reference, prediction) every N epochs; 0: never"}
+    )
     images: int = field(default=2, metadata={"help": "overlays per image epoch, from the last validation batch"})
 
     def __post_init__(self) -> None:
         if self.images_every < 0:
             raise SettingsError(f"logging.images_every={self.images_every} must be >= 0", fix="use 0 for no images, or e.g. 10")
         if self.images < 1:
-            raise SettingsError(f"logging.images={self.images} must be >= 1", fix="use e.g. logging.images=2, or logging.images_every=0")
+            raise SettingsError(
+                f"logging.images={self.images} must be >= 1", fix="use e.g. logging.images=2, or logging.images_every=0"
+            )
 
 
 class Tracker(Protocol):
@@ -193,8 +199,10 @@ def requested_backends(settings: LoggingSettings) -> list[str]:
     for name in names:
         backend = BACKENDS[name]
         if importlib.util.find_spec(backend.package) is None:
-            raise SettingsError(f"logging.{name}=true needs the '{backend.package}' package, which is not installed",
-                                fix=f"{backend.install}, or set logging.{name}=false")
+            raise SettingsError(
+                f"logging.{name}=true needs the '{backend.package}' package, which is not installed",
+                fix=f"{backend.install}, or set logging.{name}=false",
+            )
     return names
 
 
@@ -205,8 +213,11 @@ def scalars_of(record: Mapping[str, Any]) -> dict[str, float]:
         >>> scalars_of({"epoch": 3, "lr": 0.01, "val/dice/lesion": None, "train/loss": 0.5})
         {'lr': 0.01, 'train/loss': 0.5}
     """
-    return {k: float(v) for k, v in record.items()
-            if k != "epoch" and isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))}
+    return {
+        k: float(v)
+        for k, v in record.items()
+        if k != "epoch" and isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
+    }
 
 
 @torch.no_grad()
@@ -287,6 +298,11 @@ def start_tracking(trainer: Trainer, run_dir: Path, *, start_step: int = 0) -> T
     names = requested_backends(settings)
     if not names or not trainer.ctx.dist.is_main:
         return None
-    run = TrackedRun(run_dir, settings.project or trainer.ctx.plan.dataset_name,
-                     settings.run_name or f"{run_dir.parent.name}/{run_dir.name}", trainer.settings.to_dict(), start_step)
+    run = TrackedRun(
+        run_dir,
+        settings.project or trainer.ctx.plan.dataset_name,
+        settings.run_name or f"{run_dir.parent.name}/{run_dir.name}",
+        trainer.settings.to_dict(),
+        start_step,
+    )
     return Tracking(trainer, [BACKENDS[name].open(settings, run) for name in names], settings)

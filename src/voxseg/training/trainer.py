@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from voxseg.augment.cascade import cascade_inputs
 from voxseg.augment.pipeline import Augmenter, downsample_targets
 from voxseg.data.labels import IGNORE
 from voxseg.device import autocast_dtype
+from voxseg.distributed import DistInfo
 from voxseg.errors import InputError, SettingsError
 from voxseg.losses.build import build_loss
 from voxseg.losses.class_weights import resolve_class_weights
@@ -35,7 +37,6 @@ from voxseg.registry import TRAINERS
 from voxseg.sampling.batch import Batch
 from voxseg.sampling.case_sampler import CaseSampler
 from voxseg.sampling.loader import PatchLoader
-from voxseg.distributed import DistInfo
 from voxseg.training.cascade import PREVIOUS
 from voxseg.training.pretrained import transfer_weights
 from voxseg.training.settings import Settings
@@ -144,7 +145,9 @@ class Trainer:
         return NetworkSpec.from_plan(self.ctx.plan, self.ctx.config_name, self.settings.model, self.settings.heads)
 
     def class_weights(self) -> list[float] | None:
-        weights = resolve_class_weights(self.settings.loss.class_weights, self.ctx.class_voxel_counts, self.settings.loss.max_class_weight)
+        weights = resolve_class_weights(
+            self.settings.loss.class_weights, self.ctx.class_voxel_counts, self.settings.loss.max_class_weight
+        )
         return None if weights is None else [float(w) for w in weights]
 
     def build_loss(self) -> Callable[..., dict[str, Tensor]]:
@@ -173,7 +176,9 @@ class Trainer:
         """Poly decay per epoch, (1 - epoch / epochs) ** 0.9 as in nnU-Net, after an optional linear
         warm-up ((e + 1) / (warmup + 1) in epoch e); stepped once per epoch."""
         t = self.settings.training
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, t.epochs, t.poly_exponent, t.warmup_epochs))
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda epoch: lr_factor(epoch, t.epochs, t.poly_exponent, t.warmup_epochs)
+        )
 
     def build_augmentation(self) -> Augmenter:
         """Batched augmentation on the training device (the CPU when training on the CPU)."""
@@ -189,7 +194,9 @@ class Trainer:
         """Case sampler (uniform / weighted / adaptive) and the patch loader over the training cases."""
         s = self.settings.sampling
         sampler = CaseSampler.from_settings(s, self.ctx.store, self.ctx.train_ids)
-        loader = self.patch_loader(sampler, s, self.augmenter, seed=self.settings.training.seed, pin_memory=self.device.type == "cuda")
+        loader = self.patch_loader(
+            sampler, s, self.augmenter, seed=self.settings.training.seed, pin_memory=self.device.type == "cuda"
+        )
         return sampler, loader
 
     def compute_loss(self, outputs: dict[str, list[Tensor]], batch: TrainBatch) -> dict[str, Tensor]:
@@ -214,13 +221,18 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.settings.training.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        losses = per_sample_loss(outputs["seg"][0], tb.targets["labels"][0], self.ctx.outputs) if self.settings.sampling.adaptive else None
+        losses = (
+            per_sample_loss(outputs["seg"][0], tb.targets["labels"][0], self.ctx.outputs)
+            if self.settings.sampling.adaptive
+            else None
+        )
         return StepResult({k: float(v.detach()) for k, v in parts.items()}, losses)
 
     @torch.no_grad()
     def validation_step(self, batch: Batch) -> ValidationResult:
         """Loss parts and per-output TP/FP/FN of the full-resolution output (ignore voxels and
         classes a case does not annotate excluded)."""
+        assert self.val_augmenter is not None, "validation runs only with a validation loader"
         tb = self.prepare(batch, self.val_augmenter)
         with self._autocast():
             outputs = self.network(tb.image)
@@ -242,8 +254,10 @@ class Trainer:
         """What training.freeze_encoder_epochs freezes: the network's `encoder` submodule."""
         encoder = getattr(self.network, "encoder", None)
         if not isinstance(encoder, nn.Module):
-            raise SettingsError(f"training.freeze_encoder_epochs needs a network with an `encoder` submodule ({type(self.network).__name__} has none)",
-                                fix="set training.freeze_encoder_epochs=0 or give the network an encoder attribute")
+            raise SettingsError(
+                f"training.freeze_encoder_epochs needs a network with an `encoder` submodule ({type(self.network).__name__} has none)",
+                fix="set training.freeze_encoder_epochs=0 or give the network an encoder attribute",
+            )
         return list(encoder.parameters())
 
     def selection_metric(self, record: dict[str, Any]) -> float | None:
@@ -266,7 +280,9 @@ class Trainer:
         if previous is not None:  # cascade: the previous stage's segmentation as one-hot input channels
             corruption = self.cascade_generator if augmenter is self.augmenter else None
             image = cascade_inputs(image, previous, self.ctx.plan.num_classes, corruption)
-        scales = self.ctx.config.deep_supervision_scales if self.settings.model.deep_supervision else [[1.0] * self.ctx.config.dims]
+        scales = (
+            self.ctx.config.deep_supervision_scales if self.settings.model.deep_supervision else [[1.0] * self.ctx.config.dims]
+        )
         targets = {"labels": downsample_targets(labels[0], scales)}
         targets.update({n: downsample_targets(lab, scales) for n, lab in extra.items()})
         weights = batch.weights.to(dev) if self.settings.sampling.correct_bias else None
@@ -294,12 +310,14 @@ class Trainer:
         t = self.settings.training
         net = network
         if t.compile == "on" or (t.compile == "auto" and self.device.type == "cuda"):
-            net = torch.compile(net)
+            net = torch.compile(net)  # type: ignore[assignment]  # an OptimizedModule for a module; the stub says Callable
         if self.ctx.dist.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # Without deep supervision the lower-resolution heads (built for checkpoint compatibility)
             # get no gradient; DDP must then look for unused parameters each step.
-            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids, find_unused_parameters=not self.settings.model.deep_supervision)
+            net = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=ids, find_unused_parameters=not self.settings.model.deep_supervision
+            )
         return net
 
     def _build_val_loader(self) -> PatchLoader | None:
@@ -343,7 +361,8 @@ class Trainer:
 
     def ctx_meta(self) -> dict[str, Any]:
         """What a predictor needs to rebuild this network without the store or the run folder."""
-        overrides_builder = type(self).build_network_architecture.__func__ is not Trainer.build_network_architecture.__func__
+        # A classmethod read from a class is a bound method (it has __func__); mypy types it as a plain callable.
+        overrides_builder = type(self).build_network_architecture.__func__ is not Trainer.build_network_architecture.__func__  # type: ignore[attr-defined]
         return {
             "plan": self.ctx.plan.to_json(),
             "config_name": self.ctx.config_name,
@@ -353,8 +372,9 @@ class Trainer:
             "settings": self.settings.to_dict(),
             "trainer": self.ctx.trainer_spec,
             "class_names": self.ctx.class_names,
-            "previous_stage": None if self.ctx.previous_stage is None else
-            {"run_dir": str(self.ctx.previous_stage.resolve()), "config": self.ctx.config.previous_stage},
+            "previous_stage": None
+            if self.ctx.previous_stage is None
+            else {"run_dir": str(self.ctx.previous_stage.resolve()), "config": self.ctx.config.previous_stage},
         }
 
     def state_dict(self) -> dict[str, Any]:

@@ -43,9 +43,13 @@ def final_validation(run_dir: Path, *, checkpoint: str = "final", device: str = 
     out_dir = run_dir / "validation"
     cases = [CaseInput(cid, list(spec.case(cid).images)) for cid in meta["val"]]
     predict_cases(predictor, cases, spec.file_ending, out_dir, save_probabilities=True, progress=progress)
-    summary = evaluate_folders(out_dir, spec.root / "labelsTr", spec.root / "dataset.json", output=out_dir / "summary.json", progress=False)
-    print(f"final validation ({checkpoint} checkpoint): foreground Dice {summary['foreground_mean'].get('Dice', float('nan')):.4f} "
-          f"on {len(cases)} cases -> {out_dir}")
+    summary = evaluate_folders(
+        out_dir, spec.root / "labelsTr", spec.root / "dataset.json", output=out_dir / "summary.json", progress=False
+    )
+    print(
+        f"final validation ({checkpoint} checkpoint): foreground Dice {summary['foreground_mean'].get('Dice', float('nan')):.4f} "
+        f"on {len(cases)} cases -> {out_dir}"
+    )
     next_stage = plans.configuration(meta["config"]).next_stage
     if next_stage is not None:
         export_next_stage(run_dir, plans, next_stage, label_file_ending(spec.file_ending))
@@ -59,8 +63,11 @@ def export_next_stage(run_dir: Path, plan: Plan, next_stage: str, ending: str) -
     out = run_dir / NEXT_STAGE_DIR
     for cid in meta["val"]:
         if not store.has_case(cid):
-            raise InputError(f"case {cid} is not preprocessed for {next_stage}", path=store.root,
-                             fix=f"run `voxseg preprocess {meta['work_dir']} --configs {next_stage}` first")
+            raise InputError(
+                f"case {cid} is not preprocessed for {next_stage}",
+                path=store.root,
+                fix=f"run `voxseg preprocess {meta['work_dir']} --configs {next_stage}` first",
+            )
         seg, _ = read_image(run_dir / "validation" / f"{cid}{ending}")
         grid = labels_to_store_grid(seg[None], store.properties(cid))
         atomic_save_npy(out / f"{cid}.npy", grid.astype(label_dtype(plan.num_classes)))
@@ -82,8 +89,23 @@ def train_fold(
     previous_stage: str | Path | None = None,
 ) -> Path:
     """Train one fold (or `all`) and, unless disabled, validate it; returns the fold folder."""
-    run_dir = train(work_dir, config, fold, settings, trainer=trainer, device=device, resume=resume, name=name, pretrained=pretrained,
-                    previous_stage=previous_stage)
-    if is_main_process() and settings.training.final_validation and fold != "all" and json.loads((run_dir / "run.json").read_text())["val"]:
+    run_dir = train(
+        work_dir,
+        config,
+        fold,
+        settings,
+        trainer=trainer,
+        device=device,
+        resume=resume,
+        name=name,
+        pretrained=pretrained,
+        previous_stage=previous_stage,
+    )
+    if (
+        is_main_process()
+        and settings.training.final_validation
+        and fold != "all"
+        and json.loads((run_dir / "run.json").read_text())["val"]
+    ):
         final_validation(run_dir, checkpoint="best" if val_best else "final", device=device)
     return run_dir

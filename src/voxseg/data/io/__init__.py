@@ -19,8 +19,8 @@ hold labels: `label_file_ending` says which ending label maps and predictions of
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -29,8 +29,17 @@ from voxseg.data.io.geometry import Geometry
 from voxseg.errors import DatasetError, NotFoundError
 
 __all__ = [
-    "Geometry", "SUPPORTED_ENDINGS", "READER_NAMES", "file_ending", "label_file_ending", "check_reader",
-    "read_channels", "read_image", "read_case_images", "write_image", "count_non_finite",
+    "Geometry",
+    "SUPPORTED_ENDINGS",
+    "READER_NAMES",
+    "file_ending",
+    "label_file_ending",
+    "check_reader",
+    "read_channels",
+    "read_image",
+    "read_case_images",
+    "write_image",
+    "count_non_finite",
 ]
 
 SUPPORTED_ENDINGS = itk.ITK_ENDINGS + natural.NATURAL_ENDINGS + tiff.TIFF_ENDINGS
@@ -79,15 +88,24 @@ def check_reader(reader: object, ending: str, *, source: Path) -> str | None:
         return None
     key = "overwrite_image_reader_writer"
     if reader in _REORIENTING:
-        raise DatasetError(f"{key} '{reader}' (reorient every image to RAS) is not supported", path=source,
-                           fix="reorient the files once (e.g. nibabel.as_closest_canonical) and remove the key; "
-                               "voxseg keeps each file's voxel order and geometry")
+        raise DatasetError(
+            f"{key} '{reader}' (reorient every image to RAS) is not supported",
+            path=source,
+            fix="reorient the files once (e.g. nibabel.as_closest_canonical) and remove the key; "
+            "voxseg keeps each file's voxel order and geometry",
+        )
     if reader not in READER_NAMES:
-        raise DatasetError(f"unknown {key} {reader!r}", path=source,
-                           fix=f"use one of {', '.join(READER_NAMES)}, or remove the key to choose by file_ending")
+        raise DatasetError(
+            f"unknown {key} {reader!r}",
+            path=source,
+            fix=f"use one of {', '.join(READER_NAMES)}, or remove the key to choose by file_ending",
+        )
     if _backend(reader, ending.lower()) is None:
-        raise DatasetError(f"{key} '{reader}' cannot read '{ending}' files", path=source,
-                           fix=f"remove the key: voxseg picks the reader for '{ending}' as nnU-Net does")
+        raise DatasetError(
+            f"{key} '{reader}' cannot read '{ending}' files",
+            path=source,
+            fix=f"remove the key: voxseg picks the reader for '{ending}' as nnU-Net does",
+        )
     return reader
 
 
@@ -97,9 +115,13 @@ def _open(path: str | Path, reader: str | None) -> tuple[Path, str, str]:
     if not path.is_file():
         raise NotFoundError("file not found", path=path, fix="check the file name and the dataset's file_ending")
     if ending not in SUPPORTED_ENDINGS:
-        raise DatasetError(f"unsupported file ending '{ending}'", path=path, fix=f"convert it to one of {', '.join(SUPPORTED_ENDINGS)}")
+        raise DatasetError(
+            f"unsupported file ending '{ending}'", path=path, fix=f"convert it to one of {', '.join(SUPPORTED_ENDINGS)}"
+        )
     reader = check_reader(reader, ending, source=path)
-    return path, ending, _backend(reader, ending)
+    backend = _backend(reader, ending)
+    assert backend is not None, "check_reader refuses a reader without a backend for the ending"
+    return path, ending, backend
 
 
 def _read(path: str | Path, reader: str | None, *, label: bool) -> tuple[np.ndarray, Geometry]:
@@ -125,15 +147,22 @@ def read_image(path: str | Path, reader: str | None = None) -> tuple[np.ndarray,
     array, geometry = _read(path, reader, label=True)
     if array.shape[0] != 1:
         if file_ending(path) in natural.NATURAL_ENDINGS + tiff.TIFF_ENDINGS:
-            raise DatasetError(f"label map has {array.shape[0]} colour channels; it must hold one class index per pixel", path=path,
-                               fix="save it as a greyscale (or palette) PNG whose pixel values are the class values 0..K-1")
-        raise DatasetError(f"file holds {array.shape[0]} channels where one is expected", path=path,
-                           fix="save label maps as single-channel files")
+            raise DatasetError(
+                f"label map has {array.shape[0]} colour channels; it must hold one class index per pixel",
+                path=path,
+                fix="save it as a greyscale (or palette) PNG whose pixel values are the class values 0..K-1",
+            )
+        raise DatasetError(
+            f"file holds {array.shape[0]} channels where one is expected",
+            path=path,
+            fix="save label maps as single-channel files",
+        )
     return array[0], geometry
 
 
-def read_case_images(paths: Sequence[str | Path], reader: str | None = None,
-                     n_channels: int | None = None) -> tuple[np.ndarray, Geometry]:
+def read_case_images(
+    paths: Sequence[str | Path], reader: str | None = None, n_channels: int | None = None
+) -> tuple[np.ndarray, Geometry]:
     """All channels of a case as one float32 (C, *S) array: each file's channels, files in order.
 
     Files must share one grid. With `n_channels` (len(channel_names)) the total must match.
@@ -148,12 +177,18 @@ def read_case_images(paths: Sequence[str | Path], reader: str | None = None,
         elif array.shape[1:] != shape or g.differs_from(geometry):
             raise DatasetError(
                 f"channel grid differs from {Path(paths[0]).name} (shape {array.shape[1:]} vs {shape})",
-                path=p, fix="resample all channels of a case onto the same grid")
+                path=p,
+                fix="resample all channels of a case onto the same grid",
+            )
         arrays.append(array)
     total = sum(a.shape[0] for a in arrays)
     if n_channels is not None and total != n_channels:
-        raise DatasetError(f"the case's files hold {total} channels but channel_names lists {n_channels}", path=paths[0],
-                           fix="make channel_names list every channel of the files (an RGB file holds 3)")
+        raise DatasetError(
+            f"the case's files hold {total} channels but channel_names lists {n_channels}",
+            path=paths[0],
+            fix="make channel_names list every channel of the files (an RGB file holds 3)",
+        )
+    assert geometry is not None  # paths is not empty
     return np.concatenate(arrays, axis=0, dtype=np.float32), geometry
 
 
@@ -187,5 +222,5 @@ def count_non_finite(path: str | Path, array: np.ndarray) -> int:
     if file_ending(path) in itk.NIFTI_ENDINGS:
         import nibabel as nib
 
-        array = np.asanyarray(nib.load(str(path)).dataobj)
+        array = np.asanyarray(nib.load(str(path)).dataobj)  # type: ignore[attr-defined]  # typed FileBasedImage; a NIfTI loads as Nifti1/2Image
     return int(array.size - np.count_nonzero(np.isfinite(array)))

@@ -26,10 +26,10 @@ class Geometry:
         return {"spacing": list(self.spacing), "origin": list(self.origin), "direction": list(self.direction)}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Geometry":
+    def from_json(cls, d: dict) -> Geometry:
         return cls(tuple(map(float, d["spacing"])), tuple(map(float, d["origin"])), tuple(map(float, d["direction"])))
 
-    def differs_from(self, other: "Geometry", tol: float = 1e-4) -> list[str]:
+    def differs_from(self, other: Geometry, tol: float = 1e-4) -> list[str]:
         """Names of the geometry fields that disagree beyond a relative tolerance."""
         bad = []
         for name in ("spacing", "origin", "direction"):

@@ -41,9 +41,9 @@ import os
 import struct
 import sys
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -116,8 +116,11 @@ def nrrd_payload(path: Path, nbytes: int, component_bytes: int) -> Payload:
     encodings = {"raw": _RAW, "gz": _GZIP, "gzip": _GZIP, "txt": _TEXT, "text": _TEXT, "ascii": _TEXT, "hex": _TEXT}
     encoding = encodings.get(fields.get("encoding", "").lower())
     if fields.get("encoding", "").lower() in ("bz2", "bzip2"):
-        raise DatasetError("NRRD with bzip2 encoding: SimpleITK (and so nnU-Net) cannot read it", path=path,
-                           fix="re-save it with gzip or raw encoding")
+        raise DatasetError(
+            "NRRD with bzip2 encoding: SimpleITK (and so nnU-Net) cannot read it",
+            path=path,
+            fix="re-save it with gzip or raw encoding",
+        )
     if encoding is None:
         raise cannot_read(path, f"unknown NRRD encoding '{fields.get('encoding', '')}'")
     data_file, start = path, header_end
@@ -195,8 +198,11 @@ def gipl_payload(path: Path, nbytes: int) -> Payload:
 def _data_file(path: Path, name: str, fmt: str) -> Path:
     parts = name.split()
     if parts[0].upper() == "LIST" or len(parts) > 1 or "%" in name:
-        raise DatasetError(f"{fmt} split over several data files is not supported", path=path,
-                           fix=f"save the image as one file (e.g. .{'nrrd' if fmt == 'NRRD' else 'mha'})")
+        raise DatasetError(
+            f"{fmt} split over several data files is not supported",
+            path=path,
+            fix=f"save the image as one file (e.g. .{'nrrd' if fmt == 'NRRD' else 'mha'})",
+        )
     data_file = Path(name) if os.path.isabs(name) else path.parent / name
     if not data_file.is_file():
         raise NotFoundError(f"{fmt} data file '{name}' not found", path=path, fix=f"put {data_file.name} beside the header")
@@ -253,7 +259,7 @@ def check_array(p: Payload, array: np.ndarray) -> None:
 
 
 def _checksum_matches(p: Payload, array: np.ndarray) -> bool:
-    data = memoryview(np.ascontiguousarray(array)).cast("B")
+    data = np.ascontiguousarray(array).data.cast("B")
     if data.nbytes != p.nbytes:
         return False
     end = p.data_file.stat().st_size if p.end is None else p.end
@@ -309,14 +315,15 @@ def _where(p: Payload) -> str:
     return f"data file {p.data_file.name} " if p.data_file != p.path else "the file "
 
 
-def _decoded_chunks(path: Path, data_file: Path, start: int, end: int | None, encoding: str,
-                    complete: bool = True) -> Iterator[bytes]:
+def _decoded_chunks(
+    path: Path, data_file: Path, start: int, end: int | None, encoding: str, complete: bool = True
+) -> Iterator[bytes]:
     """Decoded pieces of the stored stream; raises `truncated` if the stream is damaged or (when
     `complete`) stops before its end-of-stream marker. Concatenated gzip members are followed."""
     with open(data_file, "rb") as f:
         f.seek(start)
         blocks = _blocks(f, None if end is None else end - start)
-        if encoding == _RAW or encoding == _TEXT:
+        if encoding in (_RAW, _TEXT):
             yield from blocks
             return
         decoder = _Decoder(encoding)

@@ -34,6 +34,7 @@ def read(path: Path, ending: str, *, nibabel: bool = False) -> tuple[np.ndarray,
     """(C, *S) array and geometry; `nibabel` reads NIfTI as nnU-Net's NibabelIO."""
     payload = integrity.nifti_payload(path) if ending in NIFTI_ENDINGS else None
     if nibabel:
+        assert payload is not None, "the nibabel backend reads NIfTI only"
         return _read_nibabel(path, payload)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -54,8 +55,11 @@ def read(path: Path, ending: str, *, nibabel: bool = False) -> tuple[np.ndarray,
         raise integrity.cannot_read(path, _last_line(itk_error)) from None
     components = image.GetNumberOfComponentsPerPixel()
     if components != 1:
-        raise DatasetError(f"image has {components} components per voxel", path=path,
-                           fix="store each channel as its own file CASE_0000, CASE_0001, ...")
+        raise DatasetError(
+            f"image has {components} components per voxel",
+            path=path,
+            fix="store each channel as its own file CASE_0000, CASE_0001, ...",
+        )
     array = sitk.GetArrayFromImage(image)
     if compare:
         integrity.check_array(payload, array)
@@ -82,14 +86,19 @@ def _component_bytes(pixel_id: int) -> int:
 def _channels_first(path: Path, array: np.ndarray, spacing, origin, direction) -> tuple[np.ndarray, Geometry]:
     ndim = array.ndim
     if not np.isrealobj(array):
-        raise DatasetError("complex-valued voxels are not supported", path=path, fix="store magnitude (or real and imaginary parts) as channels")
+        raise DatasetError(
+            "complex-valued voxels are not supported", path=path, fix="store magnitude (or real and imaginary parts) as channels"
+        )
     if ndim in (2, 3):
         return array[None], Geometry(tuple(spacing)[::-1], tuple(origin), tuple(direction))
     if ndim == 4:
         d = np.asarray(direction, dtype=float).reshape(4, 4)
         if not (np.allclose(d[3, :3], 0) and np.allclose(d[:3, 3], 0)):
-            raise DatasetError("4D image whose fourth axis is rotated into space", path=path,
-                               fix="store each channel as its own 3D file CASE_0000, CASE_0001, ...")
+            raise DatasetError(
+                "4D image whose fourth axis is rotated into space",
+                path=path,
+                fix="store each channel as its own 3D file CASE_0000, CASE_0001, ...",
+            )
         return array, Geometry(tuple(spacing[:3])[::-1], tuple(origin[:3]), tuple(d[:3, :3].ravel().tolist()))
     raise DatasetError(f"{ndim}D image", path=path, fix="images must be 2D or 3D (4D: channels along the fourth axis)")
 
@@ -106,7 +115,7 @@ def _read_nibabel(path: Path, payload: integrity.Payload) -> tuple[np.ndarray, G
             cls = nib.Nifti1Image if data[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c") else nib.Nifti2Image
             img = cls.from_bytes(data)
         else:
-            img = nib.load(str(path))
+            img = nib.load(str(path))  # type: ignore[assignment]  # typed FileBasedImage; a NIfTI loads as Nifti1/2Image
         array = np.asanyarray(img.dataobj)
     except Exception as e:  # nibabel raises several types for files it cannot make sense of
         raise integrity.cannot_read(path, f"nibabel: {e}") from None

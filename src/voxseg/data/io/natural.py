@@ -46,8 +46,9 @@ def read(path: Path, *, palette_indices: bool) -> tuple[np.ndarray, Geometry]:
     except UnidentifiedImageError:
         raise cannot_read(path, "not an image Pillow knows") from None
     except Image.DecompressionBombError as e:
-        raise DatasetError(f"too large for Pillow's decompression-bomb guard ({e})", path=path,
-                           fix="split it into tiles or store it as TIFF") from None
+        raise DatasetError(
+            f"too large for Pillow's decompression-bomb guard ({e})", path=path, fix="split it into tiles or store it as TIFF"
+        ) from None
     except (OSError, SyntaxError, ValueError) as e:
         raise truncated(path, str(e)) from None
     if array.dtype == np.bool_:
@@ -57,18 +58,25 @@ def read(path: Path, *, palette_indices: bool) -> tuple[np.ndarray, Geometry]:
 
 def _refuse_ambiguous(path: Path, image: Image.Image) -> None:
     """Files whose pixels nnU-Net would read in a way nobody means."""
-    if getattr(image, "n_frames", 1) > 1:
-        raise DatasetError(f"image has {image.n_frames} frames", path=path, fix="save one frame per file")
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise DatasetError(f"image has {frames} frames", path=path, fix="save one frame per file")
     mode = image.mode
     if mode not in _ONE_BAND and mode not in _BANDS and mode != "PA" and not mode.startswith("I;16"):
-        raise DatasetError(f"colour mode {mode} is not supported", path=path,
-                           fix="convert it to greyscale or RGB (e.g. PIL Image.convert('RGB')) and save as PNG")
+        raise DatasetError(
+            f"colour mode {mode} is not supported",
+            path=path,
+            fix="convert it to greyscale or RGB (e.g. PIL Image.convert('RGB')) and save as PNG",
+        )
     orientation = image.getexif().get(_EXIF_ORIENTATION)
     if orientation not in (None, 0, 1):
         # Viewers show the image rotated/flipped; nnU-Net and voxseg read the stored pixels, so a
         # label drawn on the displayed image would not line up.
-        raise DatasetError(f"EXIF orientation {orientation}: viewers show this image rotated or flipped", path=path,
-                           fix="apply the rotation to the pixels (PIL ImageOps.exif_transpose) and save without the tag")
+        raise DatasetError(
+            f"EXIF orientation {orientation}: viewers show this image rotated or flipped",
+            path=path,
+            fix="apply the rotation to the pixels (PIL ImageOps.exif_transpose) and save without the tag",
+        )
 
 
 def _palette_has_alpha(image: Image.Image) -> bool:
@@ -80,7 +88,9 @@ def write(path: Path, ending: str, array: np.ndarray, geometry: Geometry) -> Non
     if ending in (".jpg", ".jpeg"):
         raise ValueError(f"{path}: JPEG is lossy and cannot hold label maps; write .png (see label_file_ending)")
     if array.ndim != 2 or not is_grid_geometry(geometry, (1.0, 1.0)):
-        raise ValueError(f"{path}: {ending} holds 2D images without spacing, origin or rotation; got {array.ndim}D with {geometry}")
+        raise ValueError(
+            f"{path}: {ending} holds 2D images without spacing, origin or rotation; got {array.ndim}D with {geometry}"
+        )
     if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
         raise ValueError(f"{path}: {ending} label maps need integer values, got {array.dtype}")
     low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)

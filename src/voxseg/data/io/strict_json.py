@@ -41,8 +41,9 @@ def loads_strict(text: str, path: Path, fix: str) -> object:
     except _DuplicateKey as dup:
         lines = sorted(set(_key_lines(text, dup.key)))
         where = f" (the key appears on line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines))})" if lines else ""
-        raise DatasetError(f"duplicate key '{dup.key}'{where}: JSON keeps only the last one",
-                           path=path, fix=f"keep one '{dup.key}' entry") from None
+        raise DatasetError(
+            f"duplicate key '{dup.key}'{where}: JSON keeps only the last one", path=path, fix=f"keep one '{dup.key}' entry"
+        ) from None
     except json.JSONDecodeError as e:
         raise DatasetError(f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}", path=path, fix=fix) from None
 

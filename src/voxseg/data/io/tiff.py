@@ -66,20 +66,27 @@ def read(path: Path, ending: str, mode: str = AUTO, *, image: bool = True) -> tu
         array = array.astype(np.uint8)
     if mode == FORCE_3D:
         if array.ndim != 3:
-            raise DatasetError(f"Tiff3DIO reads 3D stacks; this TIFF is {array.ndim}D (axes {axes})", path=path,
-                               fix="remove overwrite_image_reader_writer to read 2D TIFFs as natural images")
+            raise DatasetError(
+                f"Tiff3DIO reads 3D stacks; this TIFF is {array.ndim}D (axes {axes})",
+                path=path,
+                fix="remove overwrite_image_reader_writer to read 2D TIFFs as natural images",
+            )
         return array[None], volume_geometry(path, ending, image=image)
     if array.ndim == 2:
         return array[None], NATURAL_GEOMETRY
     if array.ndim == 3 and "S" in axes:
         return np.ascontiguousarray(np.moveaxis(array, axes.index("S"), 0)), NATURAL_GEOMETRY
     if mode == FORCE_2D:
-        raise DatasetError(f"NaturalImage2DIO reads 2D images; this TIFF is a {array.ndim}D stack (axes {axes})", path=path,
-                           fix="remove overwrite_image_reader_writer to read it as a 3D volume")
+        raise DatasetError(
+            f"NaturalImage2DIO reads 2D images; this TIFF is a {array.ndim}D stack (axes {axes})",
+            path=path,
+            fix="remove overwrite_image_reader_writer to read it as a 3D volume",
+        )
     if array.ndim == 3:
         return array[None], volume_geometry(path, ending, image=image)
-    raise DatasetError(f"{array.ndim}D TIFF (axes {axes})", path=path,
-                       fix="save one 2D image or one 3D stack per file, one file per channel")
+    raise DatasetError(
+        f"{array.ndim}D TIFF (axes {axes})", path=path, fix="save one 2D image or one 3D stack per file, one file per channel"
+    )
 
 
 def _check_page_chain(path: Path, size: int) -> None:
@@ -128,13 +135,19 @@ def volume_geometry(path: Path, ending: str, *, image: bool) -> Geometry:
     if not expected.is_file():
         # A per-file name (CASE_0000.json) is a common mistake; nnU-Net would ignore it and use 1, 1, 1.
         misnamed = path.with_name(path.name[: -len(ending)] + ".json")
-        hint = f"rename {misnamed.name} to {expected.name}" if misnamed != expected and misnamed.is_file() else f"write {example} to {expected}"
+        hint = (
+            f"rename {misnamed.name} to {expected.name}"
+            if misnamed != expected and misnamed.is_file()
+            else f"write {example} to {expected}"
+        )
         raise DatasetError(f"3D TIFF without its spacing file {expected.name}", path=path, fix=hint)
     meta = load_strict(expected, fix=f"write {example}")
     spacing = meta.get("spacing") if isinstance(meta, dict) else None
-    valid = (isinstance(spacing, list) and len(spacing) == 3
-             and all(isinstance(s, (int, float)) and not isinstance(s, bool) and np.isfinite(s) and s > 0 for s in spacing))
-    if not valid:
+    if not (
+        isinstance(spacing, list)
+        and len(spacing) == 3
+        and all(isinstance(s, (int, float)) and not isinstance(s, bool) and np.isfinite(s) and s > 0 for s in spacing)
+    ):
         raise DatasetError(f"'spacing' must list 3 positive numbers, got {spacing!r}", path=expected, fix=f"write {example}")
     return grid_geometry(tuple(float(s) for s in spacing))
 
@@ -146,8 +159,14 @@ def write(path: Path, ending: str, array: np.ndarray, geometry: Geometry) -> Non
         array = array.astype(np.uint8)
     elif array.dtype == np.int64:
         array = array.astype(np.int32)
-    if array.ndim not in (2, 3) or not is_grid_geometry(geometry) or (array.ndim == 2 and not is_grid_geometry(geometry, (1.0, 1.0))):
-        raise ValueError(f"{path}: TIFF holds 2D images without geometry or 3D volumes with only a spacing; got {array.ndim}D with {geometry}")
+    if (
+        array.ndim not in (2, 3)
+        or not is_grid_geometry(geometry)
+        or (array.ndim == 2 and not is_grid_geometry(geometry, (1.0, 1.0)))
+    ):
+        raise ValueError(
+            f"{path}: TIFF holds 2D images without geometry or 3D volumes with only a spacing; got {array.ndim}D with {geometry}"
+        )
     if array.ndim == 2:
         with atomic_path(path) as tmp:
             _write_pages(tmp, array)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from voxseg.data.labels import IGNORE  # noqa: E402
-from voxseg.runlog import PALETTE, curves_figure, numeric, style_axes  # noqa: E402
+from voxseg.data.labels import IGNORE
+from voxseg.runlog import PALETTE, curves_figure, numeric, style_axes
 
 
 def colour(key: str, index: int) -> str:
@@ -39,15 +39,27 @@ def box_plots(summary: dict, metrics: Sequence[str]) -> str | None:
     metrics = [m for m in metrics if any(m in c["metrics"].get(k, {}) for c in summary["metric_per_case"] for k in keys)]
     if not keys or not metrics:
         return None
-    fig, axes = plt.subplots(1, len(metrics), figsize=(min(3.2 * len(metrics) + 0.4 * len(keys) * len(metrics), 14), 3.2), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(min(3.2 * len(metrics) + 0.4 * len(keys) * len(metrics), 14), 3.2), squeeze=False
+    )
     for ax, m in zip(axes[0], metrics):
         data = [[v for c in summary["metric_per_case"] if numeric(v := c["metrics"].get(k, {}).get(m))] for k in keys]
-        parts = ax.boxplot([d if d else [np.nan] for d in data], patch_artist=True, widths=0.55,
-                           medianprops={"color": "#1d2433"}, flierprops={"markersize": 3})
+        parts = ax.boxplot(
+            [d if d else [np.nan] for d in data],
+            patch_artist=True,
+            widths=0.55,
+            medianprops={"color": "#1d2433"},
+            flierprops={"markersize": 3},
+        )
         for i, box in enumerate(parts["boxes"]):
             box.set_facecolor(colour(keys[i], i) + "99")
             box.set_edgecolor("#1d2433")
-        ax.set_xticks(range(1, len(keys) + 1), [names.get(k, k) for k in keys], rotation=30 if len(keys) > 4 else 0, ha="right" if len(keys) > 4 else "center")
+        ax.set_xticks(
+            range(1, len(keys) + 1),
+            [names.get(k, k) for k in keys],
+            rotation=30 if len(keys) > 4 else 0,
+            ha="right" if len(keys) > 4 else "center",
+        )
         ax.set_title(m + (" (mm)" if m == "HD95" else ""), fontsize=10, loc="left", fontweight="bold")
         if m in ("Dice", "IoU", "NSD"):
             ax.set_ylim(-0.02, 1.02)
@@ -67,7 +79,11 @@ def _overlay_rgb(image: np.ndarray | None, seg: np.ndarray) -> np.ndarray:
     for label in np.unique(seg):
         if label == 0:
             continue
-        colour = np.array([0.25, 0.25, 0.3]) if label == IGNORE else np.array(matplotlib.colors.to_rgb(PALETTE[(int(label) - 1) % len(PALETTE)]))
+        colour = (
+            np.array([0.25, 0.25, 0.3])
+            if label == IGNORE
+            else np.array(matplotlib.colors.to_rgb(PALETTE[(int(label) - 1) % len(PALETTE)]))
+        )
         mask = seg == label
         rgb[mask] = 0.45 * rgb[mask] + 0.55 * colour
     return rgb

@@ -15,10 +15,10 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -64,8 +64,11 @@ def discover(path: str | Path) -> Source:
         if source.settings is None and (folder / "settings.yaml").is_file():
             source.settings = folder / "settings.yaml"
     if not (source.logs or source.summaries or source.settings):
-        raise InputError("no log.jsonl, summary.json or settings.yaml found", path=path,
-                         fix="pass a run folder (fold_N) or a folder evaluated with `voxseg evaluate`")
+        raise InputError(
+            "no log.jsonl, summary.json or settings.yaml found",
+            path=path,
+            fix="pass a run folder (fold_N) or a folder evaluated with `voxseg evaluate`",
+        )
     return source
 
 
@@ -101,24 +104,35 @@ def class_table(summary: dict) -> str:
         for m in metrics:
             col = [v[m] for v in values if numeric(v.get(m))]
             spread = f"<span class='sd'>&plusmn; {_fmt(float(np.std(col)), m)}</span>" if len(col) > 1 else ""
-            cells.append(f"<td class='num {_dice_class(means.get(m)) if m == 'Dice' else ''}'>{_fmt(means.get(m), m)} {spread}</td>")
+            cells.append(
+                f"<td class='num {_dice_class(means.get(m)) if m == 'Dice' else ''}'>{_fmt(means.get(m), m)} {spread}</td>"
+            )
         n = sum(1 for v in values if v.get("n_ref", 0) > 0)
         swatch = f"<span class='swatch' style='background:{colour(key, i)}'></span>"
-        rows.append(f"<tr><td>{swatch}{html.escape(names.get(key, key))} <span class='key'>{html.escape(key)}</span></td>"
-                    f"{''.join(cells)}<td class='num'>{n}/{len(values)}</td></tr>")
+        rows.append(
+            f"<tr><td>{swatch}{html.escape(names.get(key, key))} <span class='key'>{html.escape(key)}</span></td>"
+            f"{''.join(cells)}<td class='num'>{n}/{len(values)}</td></tr>"
+        )
     fg = summary.get("foreground_mean", {})
     foot = "".join(f"<td class='num'>{_fmt(fg.get(m), m)}</td>" for m in metrics)
-    return (f"<table><thead><tr><th>class</th>{head}<th>cases with class</th></tr></thead><tbody>{''.join(rows)}</tbody>"
-            f"<tfoot><tr><td>mean over classes</td>{foot}<td></td></tr></tfoot></table>")
+    return (
+        f"<table><thead><tr><th>class</th>{head}<th>cases with class</th></tr></thead><tbody>{''.join(rows)}</tbody>"
+        f"<tfoot><tr><td>mean over classes</td>{foot}<td></td></tr></tfoot></table>"
+    )
 
 
 def _cards(summary: dict) -> str:
     fg = summary.get("foreground_mean", {})
     items = [("cases", str(len(summary.get("metric_per_case", []))), "")]
     items += [(f"mean {m}", _fmt(fg.get(m), m), "mm" if m == "HD95" else "") for m in _metrics_present(summary)]
-    return "<div class='cards'>" + "".join(
-        f"<div class='card'><div class='label'>{html.escape(k)}</div><div class='value'>{v}<small>{u}</small></div></div>" for k, v, u in items
-    ) + "</div>"
+    return (
+        "<div class='cards'>"
+        + "".join(
+            f"<div class='card'><div class='label'>{html.escape(k)}</div><div class='value'>{v}<small>{u}</small></div></div>"
+            for k, v, u in items
+        )
+        + "</div>"
+    )
 
 
 def _resolve(recorded: str, summary_path: Path, override_dir: Path | None, name: str) -> Path | None:
@@ -126,16 +140,19 @@ def _resolve(recorded: str, summary_path: Path, override_dir: Path | None, name:
     return next((p for p in candidates if p.is_file()), None)
 
 
-def _case_section(case: dict, summary: dict, summary_path: Path, images_dir: Path | None, labels_dir: Path | None, tag: str) -> str:
+def _case_section(
+    case: dict, summary: dict, summary_path: Path, images_dir: Path | None, labels_dir: Path | None, tag: str
+) -> str:
     ref_name = Path(case["reference_file"]).name
     case_id = case.get("case_id") or ref_name.split(".")[0]
-    ending = ref_name[len(case_id):]
+    ending = ref_name[len(case_id) :]
     ref_path = _resolve(case["reference_file"], summary_path, labels_dir, ref_name)
     pred_path = _resolve(case["prediction_file"], summary_path, None, Path(case["prediction_file"]).name)
     names = summary.get("label_names", {})
     chips = "".join(
         f"<span class='chip {_dice_class(m.get('Dice'))}'>{html.escape(names.get(k, k))}: Dice {_fmt(m.get('Dice'), 'Dice')}"
-        + (f", HD95 {_fmt(m.get('HD95'), 'HD95')} mm" if "HD95" in m else "") + "</span>"
+        + (f", HD95 {_fmt(m.get('HD95'), 'HD95')} mm" if "HD95" in m else "")
+        + "</span>"
         for k, m in case["metrics"].items()
     )
     figure = "<p class='muted'>reference or prediction file not found; pass --labels DIR</p>"
@@ -152,8 +169,10 @@ def _case_section(case: dict, summary: dict, summary_path: Path, images_dir: Pat
         image_path = next((p for p in found if p.name.endswith(ending)), found[0] if found else None)
         image = read_channels(image_path)[0][0].astype(np.float32) if image_path else None
         figure = f"<img src='{case_figure(image, ref, pred, geometry.spacing)}' alt='{html.escape(case_id)} overlay'>"
-    return (f"<div class='case'><div class='case-head'><span class='tag {tag}'>{tag}</span><b>{html.escape(case_id)}</b>"
-            f"<span class='muted'>mean Dice {_fmt(_case_score(case), 'Dice')}</span></div><div class='chips'>{chips}</div>{figure}</div>")
+    return (
+        f"<div class='case'><div class='case-head'><span class='tag {tag}'>{tag}</span><b>{html.escape(case_id)}</b>"
+        f"<span class='muted'>mean Dice {_fmt(_case_score(case), 'Dice')}</span></div><div class='chips'>{chips}</div>{figure}</div>"
+    )
 
 
 def _summary_sections(summary_path: Path, label: str, images_dir: Path | None, labels_dir: Path | None, n_cases: int) -> str:
@@ -171,12 +190,17 @@ def _summary_sections(summary_path: Path, label: str, images_dir: Path | None, l
         tiles = [_case_section(c, summary, summary_path, images_dir, labels_dir, "worst") for c in worst]
         tiles += [_case_section(c, summary, summary_path, images_dir, labels_dir, "best") for c in best]
         names = summary.get("label_names", {})
-        legend = "".join(f"<span class='swatch' style='background:{colour(k, 0)}'></span>{html.escape(n)} &nbsp; "
-                         for k, n in names.items() if k.isdigit())
-        parts.append(f"<section><h2>Worst and best cases &middot; {html.escape(label)}</h2>"
-                     f"<p class='muted'>Ranked by mean Dice over classes; each shows the axis-0 slice with the most foreground "
-                     f"and disagreement. {legend}</p>"
-                     f"<div class='grid'>{''.join(tiles)}</div></section>")
+        legend = "".join(
+            f"<span class='swatch' style='background:{colour(k, 0)}'></span>{html.escape(n)} &nbsp; "
+            for k, n in names.items()
+            if k.isdigit()
+        )
+        parts.append(
+            f"<section><h2>Worst and best cases &middot; {html.escape(label)}</h2>"
+            f"<p class='muted'>Ranked by mean Dice over classes; each shows the axis-0 slice with the most foreground "
+            f"and disagreement. {legend}</p>"
+            f"<div class='grid'>{''.join(tiles)}</div></section>"
+        )
     return "".join(parts)
 
 
@@ -206,20 +230,26 @@ def build_report(
             if figure:
                 last = records[-1]
                 note = ", ".join(f"{k} {last[k]:.4g}" for k in list(last)[:6] if numeric(last.get(k)))
-                body.append(f"<section><h2>Training &middot; {html.escape(_short(log.parent))}</h2>"
-                            f"<p class='muted'>{len(records)} epochs logged; last: {html.escape(note)}</p><img src='{figure}' alt='training curves'></section>")
+                body.append(
+                    f"<section><h2>Training &middot; {html.escape(_short(log.parent))}</h2>"
+                    f"<p class='muted'>{len(records)} epochs logged; last: {html.escape(note)}</p><img src='{figure}' alt='training curves'></section>"
+                )
         for summary_path in source.summaries:
             body.append(_summary_sections(summary_path, _short(summary_path.parent), images_dir, labels_dir, n_cases))
         if source.settings is not None:
-            body.append(f"<section><h2>Settings &middot; {html.escape(_short(source.settings.parent))}</h2><details open><summary>settings.yaml</summary>"
-                        f"<pre>{html.escape(source.settings.read_text())}</pre></details></section>")
+            body.append(
+                f"<section><h2>Settings &middot; {html.escape(_short(source.settings.parent))}</h2><details open><summary>settings.yaml</summary>"
+                f"<pre>{html.escape(source.settings.read_text())}</pre></details></section>"
+            )
     title = title or "voxseg report: " + ", ".join(_short(s.path) for s in sources)
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>{html.escape(title)}</title><style>{_css()}</style></head><body>"
-            f"<header><h1>{html.escape(title)}</h1><div class='meta'>generated {stamp} &middot; "
-            f"{html.escape(' | '.join(str(s.path) for s in sources))}</div></header><main>{''.join(body)}</main>"
-            f"<footer>voxseg &middot; metrics exclude ignore-label voxels; HD95 in millimetres</footer></body></html>")
+    page = (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{html.escape(title)}</title><style>{_css()}</style></head><body>"
+        f"<header><h1>{html.escape(title)}</h1><div class='meta'>generated {stamp} &middot; "
+        f"{html.escape(' | '.join(str(s.path) for s in sources))}</div></header><main>{''.join(body)}</main>"
+        f"<footer>voxseg &middot; metrics exclude ignore-label voxels; HD95 in millimetres</footer></body></html>"
+    )
     out = Path(out)
     atomic_write_text(out, page)
     return out

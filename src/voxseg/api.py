@@ -20,13 +20,14 @@ if TYPE_CHECKING:
     from voxseg.training.trainer import Trainer
 
 
-def plan(dataset: str | Path, work: str | Path, *, workers: int | None = None, progress: bool = True, **options: Any) -> Plan:
+def plan(dataset: str | Path, work: str | Path, *, workers: int | None = 1, progress: bool = True, **options: Any) -> Plan:
     """Verify and fingerprint a raw dataset and write ``WORK/plans.json`` (``voxseg plan``).
 
     Args:
         dataset: the raw dataset folder (dataset.json, imagesTr/, labelsTr/).
         work: the work folder to write (fingerprint.json, plans.json; later the store and runs).
-        workers: processes for verifying and fingerprinting (None: all cores).
+        workers: processes for verifying and fingerprinting; 1 (the default) runs in this process, so a
+            script needs no ``if __name__ == "__main__":`` guard; None: all cores (then it does).
         progress: show progress bars.
         **options: `voxseg.planning.planner.PlannerOptions` fields: ``gpu_memory_gb`` (8.0), ``configs``
             (("2d", "3d_fullres", "3d_lowres")), ``patch_size``, ``batch_size``, ``spacing`` (array order),
@@ -58,7 +59,7 @@ def preprocess(
     work: str | Path,
     configs: Sequence[str] | None = None,
     *,
-    workers: int | None = None,
+    workers: int | None = 1,
     overwrite: bool = False,
     progress: bool = True,
     group_regex: str | None = None,
@@ -69,7 +70,8 @@ def preprocess(
     Args:
         work: the work folder holding plans.json.
         configs: configurations to preprocess (None: every planned one).
-        workers: processes (None: all cores).
+        workers: processes; 1 (the default) runs in this process (no pool, no ``__main__`` guard needed);
+            None: all cores.
         overwrite: redo cases that are already stored.
         progress: show progress bars.
         group_regex: patient id from the case id (first group), keeping a patient's cases in one fold.

@@ -114,15 +114,19 @@ def compare(ours: Path, theirs: Path) -> dict:
     }
 
 
-def import_and_predict(model_dir: Path, images: Path, out: Path) -> float:
-    """`voxseg import-nnunet` then `voxseg predict --save-probabilities`; seconds the prediction took."""
+def import_and_predict(model_dir: Path, images: Path, out: Path, precision: str = "fp32") -> float:
+    """`voxseg import-nnunet` then `voxseg predict --save-probabilities`; seconds the prediction took.
+
+    fp32 (nnU-Net's CPU precision) for the exactness check; "auto" is what `voxseg predict` uses by
+    default (bf16 on CPUs that compute it natively)."""
     from voxseg.cli.main import main
 
     run = out.parent / f"{out.name}_run"
     if main(["import-nnunet", str(model_dir), "-o", str(run), "--overwrite"]) != 0:
         raise RuntimeError(f"voxseg import-nnunet {model_dir} failed")
     t0 = time.perf_counter()
-    if main(["predict", "-m", str(run), "-i", str(images), "-o", str(out), "--save-probabilities", "--device", "cpu"]) != 0:
+    args = ["predict", "-m", str(run), "-i", str(images), "-o", str(out), "--save-probabilities", "--device", "cpu", "--precision", precision]
+    if main(args) != 0:
         raise RuntimeError(f"voxseg predict -m {run} failed")
     return time.perf_counter() - t0
 
@@ -143,8 +147,12 @@ def run_ours(*, work: Path, refenv: Path = common.DEFAULT_REFENV, **kw) -> dict:
         out = Path(work) / "import" / variant
         seconds = import_and_predict(Path(ref["model_dir"]), Path(ref["raw"]) / "imagesTs", out)
         rows[variant] = {**compare(out, Path(ref["pred_dir"])), "s_per_case": seconds / ref["cases"]}
+        auto = out.parent / f"{variant}_auto"
+        import_and_predict(Path(ref["model_dir"]), Path(ref["raw"]) / "imagesTs", auto, precision="auto")
+        rows[variant]["dice_vs_nnunet_auto"] = compare(auto, Path(ref["pred_dir"]))["dice_vs_nnunet"]
     return {
         "dice_vs_nnunet": min(r["dice_vs_nnunet"] for r in rows.values()),
+        "dice_vs_nnunet_auto": min(r["dice_vs_nnunet_auto"] for r in rows.values()),
         "max_prob_diff": max(r["max_prob_diff"] for r in rows.values()),
         "s_per_case": float(np.mean([r["s_per_case"] for r in rows.values()])),
         "variants": json.dumps(rows),

@@ -216,6 +216,7 @@ def predict(
     io_workers: int = 0,
     skip_existing: bool = False,
     part: tuple[int, int] | None = None,
+    precision: str = "auto",
 ) -> CohortResult:
     """`voxseg predict`: the cases of `input_dir` (or their `part`) into `output_dir`.
 
@@ -233,6 +234,7 @@ def predict(
         device: "auto", "cuda", "mps" or "cpu".
         save_probabilities, heads: also write CASE.npz / the extra heads.
         progress, io_workers, skip_existing, part: see the module docstring.
+        precision: "auto" (bf16 where the hardware computes it natively, see `voxseg.device`), "fp32", "bf16", "fp16".
 
     Example:
         >>> import voxseg
@@ -245,7 +247,9 @@ def predict(
     dist = init_distributed(dev.type)
     try:
         groups = load_models(runs, folds, checkpoint, dev, backend)
-        predictor = Predictor(groups, dev, tta=tta, step=step, tile_batch=tile_batch, postprocessing=load_postprocessing(runs))
+        predictor = Predictor(
+            groups, dev, tta=tta, step=step, tile_batch=tile_batch, postprocessing=load_postprocessing(runs), precision=precision
+        )
         cases, ending = discover_cases(Path(input_dir))
         cases = select_part(select_part(cases, part), (dist.rank, dist.world_size) if dist.world_size > 1 else None)
         result = predict_cases(

@@ -53,6 +53,7 @@ class Predictor:
         step: float = 0.5,
         tile_batch: int | None = None,
         postprocessing: dict | None = None,
+        precision: str = "auto",
     ):
         if not groups:
             raise CheckpointError("no models to predict with", fix="pass at least one trained run folder with -m")
@@ -62,7 +63,7 @@ class Predictor:
         self.tta, self.step = tta, step
         self.tile_batch = tile_batch or (4 if device.type == "cuda" else 1)
         self.postprocessing = postprocessing
-        self.precision = autocast_dtype("auto", device)
+        self.precision = autocast_dtype(precision, device)
         self.outputs: OutputScheme = groups[0].outputs
         self.on_tiles: Callable[[int], None] | None = None  # progress callback: tiles finished
 
@@ -231,6 +232,7 @@ class Predictor:
         step: float = 0.5,
         tile_batch: int | None = None,
         postprocessing: bool = True,
+        precision: str = "auto",
     ) -> Predictor:
         """A predictor for trained models, loaded once and used for any number of cases.
 
@@ -248,6 +250,8 @@ class Predictor:
             step: tile step as a fraction of the patch.
             tile_batch: tiles per forward pass (None: 4 on a GPU, 1 on a CPU).
             postprocessing: apply the post-processing rule saved with a single run (``postprocessing.json``).
+            precision: ``"auto"`` (bf16 where the hardware computes it natively: CUDA GPUs with bf16, CPUs
+                with AVX512-BF16 or AMX; fp16 on other GPUs; else fp32), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
 
         Example:
             >>> from voxseg import Predictor
@@ -265,6 +269,7 @@ class Predictor:
             step=step,
             tile_batch=tile_batch,
             postprocessing=load_postprocessing(paths) if postprocessing else None,
+            precision=precision,
         )
 
     def _array_case(

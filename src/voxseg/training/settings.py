@@ -57,7 +57,11 @@ class TrainingSettings:
     )
     grad_clip: float = field(default=12.0, metadata={"help": "gradient norm clipped to this every step"})
     precision: str = field(
-        default="auto", metadata={"help": "auto (bf16 where the device supports it, else fp32), bf16, fp16 or fp32"}
+        default="auto",
+        metadata={
+            "help": "auto (bf16 where the hardware computes it natively: GPUs with bf16, CPUs with AVX512-BF16/AMX; "
+            "fp16 on other GPUs; else fp32), bf16, fp16 or fp32"
+        },
     )
     compile: str = field(default="auto", metadata={"help": "torch.compile the network: auto (on for CUDA, else off), on or off"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, sampling and augmentation"})

@@ -125,7 +125,8 @@ def import_and_predict(model_dir: Path, images: Path, out: Path, precision: str 
     if main(["import-nnunet", str(model_dir), "-o", str(run), "--overwrite"]) != 0:
         raise RuntimeError(f"voxseg import-nnunet {model_dir} failed")
     t0 = time.perf_counter()
-    args = ["predict", "-m", str(run), "-i", str(images), "-o", str(out), "--save-probabilities", "--device", "cpu", "--precision", precision]
+    args = ["predict", "-m", str(run), "-i", str(images), "-o", str(out), "--save-probabilities"]
+    args += ["--device", "cpu", "--precision", precision]
     if main(args) != 0:
         raise RuntimeError(f"voxseg predict -m {run} failed")
     return time.perf_counter() - t0

@@ -73,7 +73,8 @@ METRICS = {
     "train": ("ms_per_it", "data_wait_share", "peak_rss_mb", "peak_gpu_mb"),
     "predict": ("s_per_case_tta", "s_per_case_no_tta", "peak_rss_mb", "dice", "hd95"),
     "accuracy": ("dice", "dice_min", "dice_max", "case_dice_sd", "hd95", "train_s", "s_per_case_tta"),
-    "import": ("dice_vs_nnunet", "dice_vs_nnunet_auto", "max_prob_diff", "s_per_case"),  # bench_import.py: imported nnU-Net models
+    # bench_import.py: imported nnU-Net models
+    "import": ("dice_vs_nnunet", "dice_vs_nnunet_auto", "max_prob_diff", "s_per_case"),
 }
 HIGHER_IS_BETTER = {"patches_per_s", "dice", "dice_min", "dice_max", "dice_vs_nnunet"}
 

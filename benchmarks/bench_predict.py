@@ -16,6 +16,10 @@ model trained for a handful of steps the Dice is near zero on both sides: it sho
 predictors agree, not how good a trained model is.
 
 Peak RSS: the largest single process of the command (ours is one process with threads).
+
+``--matrix`` runs the full comparison instead (``predict_matrix.py``): nnU-Net's own model imported
+into voxseg (same weights) and voxseg's own model of the same plan, on CT-like cases of 110-130
+and 300-320 voxels per axis, with and without mirroring, plus one voxseg option at a time.
 """
 
 from __future__ import annotations
@@ -95,6 +99,11 @@ def run_reference(python, *, raw: Path, work: Path, timeout: float | None = None
 
 
 def main() -> None:
+    if "--matrix" in sys.argv:  # the full comparison on the same model (predict_matrix.py)
+        import predict_matrix
+
+        predict_matrix.main([a for a in sys.argv[1:] if a != "--matrix"])
+        return
     a = bench_train.standalone_args(__doc__.splitlines()[0])
     kw, root, prof = bench_train.standalone_keywords(a)
     python = common.reference_python(a.refenv)

@@ -2,7 +2,7 @@
 
     python benchmarks/experiments.py {regions,rgb,partial,finetune,cascade,all} [--out DIR] [--epochs E] [--iterations I]
 
-Each experiment builds its data with ``voxseg demo-data``'s generators, runs the real commands
+Each experiment builds its data with ``voxseg demo-data``'s generators (lesions of the demo's size, lesion_scale 1.6), runs the real commands
 (plan, preprocess, train, predict, evaluate) and prints a markdown table of held-out Dice; the
 numbers are recorded in the docs (datasets.md, losses.md, training.md):
 
@@ -76,7 +76,7 @@ def _dice_row(label: str, summary: dict) -> str:
 
 
 def regions(out: Path, epochs: int, iterations: int) -> list[str]:
-    raw = make_demo_dataset(out / "raw", cases=20, test_cases=4, seed=0, size_range=(40, 64), regions=True)
+    raw = make_demo_dataset(out / "raw", cases=20, test_cases=4, seed=0, size_range=(40, 64), regions=True, lesion_scale=1.6)
     s = _train_predict(raw, out / "work", "3d_fullres", "regions", epochs, iterations)
     import numpy as np
 
@@ -107,7 +107,9 @@ def rgb(out: Path, epochs: int, iterations: int) -> list[str]:
 
 
 def partial(out: Path, epochs: int, iterations: int) -> list[str]:
-    raw = make_demo_dataset(out / "raw_partial", cases=20, test_cases=4, seed=0, size_range=(40, 64), partial_fraction=0.5)
+    raw = make_demo_dataset(
+        out / "raw_partial", cases=20, test_cases=4, seed=0, size_range=(40, 64), partial_fraction=0.5, lesion_scale=1.6
+    )
     plain = out / "raw_plain"
     shutil.copytree(raw, plain, dirs_exist_ok=True)
     meta = json.loads((plain / "dataset.json").read_text())
@@ -124,8 +126,8 @@ def partial(out: Path, epochs: int, iterations: int) -> list[str]:
 
 
 def finetune(out: Path, epochs: int, iterations: int) -> list[str]:
-    source = make_demo_dataset(out / "raw_source", cases=20, test_cases=2, seed=0, size_range=(40, 64))
-    target = make_demo_dataset(out / "raw_target", cases=6, test_cases=4, seed=7, size_range=(40, 64))
+    source = make_demo_dataset(out / "raw_source", cases=20, test_cases=2, seed=0, size_range=(40, 64), lesion_scale=1.6)
+    target = make_demo_dataset(out / "raw_target", cases=6, test_cases=4, seed=7, size_range=(40, 64), lesion_scale=1.6)
     meta = json.loads((target / "dataset.json").read_text())
     meta["labels"] = {"background": 0, "lesion": 1, "organ": 2}  # the same classes under swapped values
     (target / "dataset.json").write_text(json.dumps(meta, indent=2))

@@ -50,9 +50,10 @@ def make_case(
     return image.astype(np.int16), label
 
 
-def _geometry(rng: np.random.Generator, dim: int) -> tuple[tuple[float, ...], Geometry]:
+def _geometry(rng: np.random.Generator, dim: int, isotropic: bool = False) -> tuple[tuple[float, ...], Geometry]:
     inplane = float(rng.uniform(0.7, 1.0))
-    spacing = (float(rng.uniform(2.0, 3.5)), inplane, inplane)[-dim:]
+    slices = float(rng.uniform(2.0, 3.5))
+    spacing = ((inplane if isotropic else slices), inplane, inplane)[-dim:]
     origin = tuple(float(v) for v in rng.uniform(-200, 200, dim))
     direction = tuple(np.eye(dim).ravel().tolist())
     return spacing, Geometry(spacing, origin, direction)
@@ -70,6 +71,7 @@ def make_demo_dataset(
     regions: bool = False,
     partial_fraction: float = 0.0,
     lesion_scale: float = 1.0,
+    isotropic: bool = False,
 ) -> Path:
     """Write a synthetic dataset (imagesTr/labelsTr, optional imagesTs/labelsTs) and return its path.
 
@@ -80,7 +82,8 @@ def make_demo_dataset(
     training cases annotate only the lesion (their organ voxels become background) and says so in
     dataset.json's ``annotated_classes``, as a dataset merged from two sources looks.
     `lesion_scale` multiplies the lesions' radii (`voxseg demo` uses 1.6, so a five-minute CPU run
-    learns them; the benchmarks keep 1.0).
+    learns them; the benchmarks keep 1.0). `isotropic` gives every axis the in-plane spacing and
+    `size_range` voxels (a thin-slice CT: the inference benchmarks' "110-130 voxels per axis").
     """
     if dim not in (2, 3):
         raise InputError(f"--dim must be 2 or 3, got {dim}", fix="use --dim 3 (volumes) or --dim 2 (images)")
@@ -99,9 +102,9 @@ def make_demo_dataset(
     annotated: dict[str, list[str]] = {}
     for i in range(cases + test_cases):
         rng = np.random.default_rng([seed, i])
-        spacing, geometry = _geometry(rng, dim)
+        spacing, geometry = _geometry(rng, dim, isotropic)
         shape = tuple(int(v) for v in rng.integers(lo, hi + 1, dim))
-        if dim == 3:
+        if dim == 3 and not isotropic:
             # Coarse slice axis: fewer slices, like a real CT series.
             shape = (max(lo // 2, int(shape[0] * spacing[1] / spacing[0] * 1.5)),) + shape[1:]
         image, label = make_case(rng, shape, spacing, lesion_scale)

@@ -82,8 +82,8 @@ def regions(out: Path, epochs: int, iterations: int) -> list[str]:
 
     channels = {np.load(p)["probabilities"].shape[0] for p in Path(s["pred_dir"]).glob("*.npz")}
     return [
-        "| region-based demo | held-out Dice per region | train |",
-        "|---|---|---|",
+        "| region-based demo | held-out Dice: whole | lesion | train |",
+        "|---|---|---|---|",
         _dice_row(f"{epochs} x {iterations} it, sigmoid BCE + Dice", s),
         f"probability channels per case: {sorted(channels)}",
     ]
@@ -99,8 +99,8 @@ def rgb(out: Path, epochs: int, iterations: int) -> list[str]:
         for p in Path(s["pred_dir"]).glob("*.png")
     )
     return [
-        "| 2D RGB PNG demo | held-out Dice per class | train |",
-        "|---|---|---|",
+        "| 2D RGB PNG demo | held-out Dice: organ | lesion | train |",
+        "|---|---|---|---|",
         _dice_row(f"2d, {epochs} x {iterations} it", s),
         f"PNG predictions of the input size: {same}",
     ]

@@ -95,3 +95,35 @@ def test_batched_tta_prediction_equals_no_tile_batching(trained, demo_dataset, t
     assert not a.failed and not b.failed and a.written == b.written
     for f in (tmp_path / "a").glob("*.nii.gz"):
         np.testing.assert_array_equal(read_image(f)[0], read_image(tmp_path / "b" / f.name)[0])
+
+
+def test_compile_choice_follows_the_network_work():
+    from voxseg.inference.compiled import COMPILE_MIN_VOXELS, worth_compiling
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert worth_compiling("auto", cpu, COMPILE_MIN_VOXELS) and not worth_compiling("auto", cpu, COMPILE_MIN_VOXELS - 1)
+    assert not worth_compiling("auto", gpu, 10 * COMPILE_MIN_VOXELS), "auto compiles on the CPU only (CUDA unmeasured)"
+    assert worth_compiling("on", cpu, 1) and not worth_compiling("off", cpu, 10**12)
+
+
+def test_unknown_compile_choice_is_refused(trained):
+    from voxseg.errors import InputError
+
+    with pytest.raises(InputError, match="compile"):
+        Predictor.from_run(trained, device="cpu", compile="always")
+
+
+@pytest.mark.slow
+def test_compiled_prediction_equals_eager(trained, demo_dataset):
+    from voxseg.data.io import read_case_images
+    from voxseg.data.spec import load_dataset
+    from voxseg.inference.compiled import CompiledNetwork
+
+    images, geometry = read_case_images(load_dataset(demo_dataset).test[0].images)
+    eager = Predictor.from_run(trained, device="cpu", tta=False, precision="fp32", compile="off")
+    compiled = Predictor.from_run(trained, device="cpu", tta=False, precision="fp32", compile="on")
+    a = eager.predict_prepared(eager.preprocess(images, geometry), probabilities=True)
+    b = compiled.predict_prepared(compiled.preprocess(images, geometry), probabilities=True)
+    assert isinstance(compiled.groups[0].networks[0], CompiledNetwork) and not compiled.groups[0].networks[0].failed
+    assert not isinstance(eager.groups[0].networks[0], CompiledNetwork)
+    torch.testing.assert_close(torch.as_tensor(b.probabilities), torch.as_tensor(a.probabilities), rtol=1e-3, atol=1e-4)

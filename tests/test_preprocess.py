@@ -34,12 +34,20 @@ def work(demo_dataset, tmp_path_factory):
 
 
 def _independent(image, spacing, target, plan):
-    """scipy zoom, in-plane cubic per slice then nearest along z (the anisotropic rule)."""
+    """scipy zoom, in-plane cubic per slice clipped to the slice's range (skimage resize, as nnU-Net
+    calls it per slice), then nearest along z (the anisotropic rule)."""
     norm = plan.normalization[0]
     x = (np.clip(image[0], norm.lower, norm.upper) - norm.mean) / norm.std
     shape = [int(round(s * sp / t)) for s, sp, t in zip(x.shape, spacing, target)]
     inplane = np.stack(
-        [ndimage.zoom(sl, (shape[1] / x.shape[1], shape[2] / x.shape[2]), order=3, mode="nearest", grid_mode=True) for sl in x]
+        [
+            np.clip(
+                ndimage.zoom(sl, (shape[1] / x.shape[1], shape[2] / x.shape[2]), order=3, mode="nearest", grid_mode=True),
+                sl.min(),
+                sl.max(),
+            )
+            for sl in x
+        ]
     )
     z = np.clip(np.floor((np.arange(shape[0]) + 0.5) * x.shape[0] / shape[0]).astype(int), 0, x.shape[0] - 1)
     return inplane[z]
@@ -118,11 +126,12 @@ def test_ignore_label_store_has_annotated_locations(demo_dataset_ignore, tmp_pat
     assert len(ann) > 0 and (stored.seg[0][tuple(ann.T)] != IGNORE).all()
 
 
-def test_resample_matches_scipy_zoom_and_labels_keep_classes():
+def test_resample_matches_clipped_scipy_zoom_and_labels_keep_classes():
     rng = np.random.default_rng(0)
     a = ndimage.gaussian_filter(rng.normal(size=(20, 24, 18)), 1.5).astype(np.float32)
     shape = (27, 17, 30)
     ref = ndimage.zoom(a, [n / o for n, o in zip(shape, a.shape)], order=3, mode="nearest", grid_mode=True)
+    ref = np.clip(ref, a.min(), a.max())  # skimage resize's clip, as nnU-Net uses it
     np.testing.assert_allclose(resample_channels(a[None], shape, order=3)[0], ref, atol=1e-5)
     seg = np.zeros((1, 20, 24, 18), np.int16)
     seg[0, 5:15, 6:18, 4:14] = 1
@@ -131,6 +140,23 @@ def test_resample_matches_scipy_zoom_and_labels_keep_classes():
     out = resample_labels(seg, (40, 48, 36))
     assert set(np.unique(out)) == {IGNORE, 0, 1, 2}
     assert abs((out == 1).sum() / 8 - (seg == 1).sum()) / (seg == 1).sum() < 0.1
+
+
+def test_cubic_overshoot_is_clipped_to_the_input_range_as_skimage_resize_does():
+    # A step edge makes the cubic spline overshoot; nnU-Net's skimage resize clips it to the range of
+    # each channel (of each 2D slice along the coarse axis when that axis is resampled separately).
+    a = np.zeros((2, 12, 16, 16), np.float32)
+    a[0, :, :, 8:] = 1.0
+    a[1, :6, :, 8:] = 2.0  # slices 0-5 span [0, 2], slices 6-11 are all zero
+    out = resample_channels(a, (12, 23, 21), order=3)
+    raw = ndimage.zoom(a[0], (1, 23 / 16, 21 / 16), order=3, mode="nearest", grid_mode=True)
+    assert raw.min() < -0.01 and raw.max() > 1.01, "the unclipped spline overshoots here"
+    np.testing.assert_allclose(out[0], np.clip(raw, 0, 1), atol=1e-5)
+    assert out[1].min() >= 0 and out[1].max() <= 2
+    per_slice = resample_channels(a, (24, 23, 21), order=3, nearest_axis=0)
+    assert per_slice.shape == (2, 24, 23, 21)
+    assert (per_slice[1, 12:] == 0).all(), "a constant slice stays constant: its own range, not the channel's"
+    assert per_slice[1, :12].min() >= 0 and per_slice[1, :12].max() <= 2 and per_slice[1, :12].max() == 2
 
 
 def test_plan_refuses_a_dataset_that_fails_verify(demo_dataset, tmp_path, capsys):

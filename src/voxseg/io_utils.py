@@ -20,12 +20,16 @@ import errno
 import json
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from voxseg.errors import InputError
 
 FULL_DISK_BYTES = 32 << 10  # after a short write a filesystem has ~0 bytes left; this leaves slack for metadata
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -113,3 +117,34 @@ def remove_temp_files(folder: str | Path, stem: str = "") -> None:
     starts with `stem`, when given: a process must not touch another's files in flight)."""
     for p in Path(folder).glob(f".{stem}*.tmp*"):
         p.unlink(missing_ok=True)
+
+
+def check_replaceable(folder: Path, marker: str, what: str, overwrite: bool) -> None:
+    """Refuse (InputError) to write `what` into `folder` unless it is absent, empty, or -- with
+    `overwrite` -- an earlier `what` (it holds the file `marker`): nothing else is ever replaced."""
+    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+        return
+    if not (folder / marker).is_file():
+        raise InputError(
+            f"output folder exists and is not {what}", path=folder, fix="choose a new -o folder (voxseg replaces nothing else)"
+        )
+    if not overwrite:
+        raise InputError(f"output folder already holds {what}", path=folder, fix="pass --overwrite or another -o folder")
+
+
+@contextmanager
+def staged_folder(folder: Path) -> Iterator[Path]:
+    """A temporary folder to build `folder` in; when the block succeeds it replaces `folder` (an
+    earlier one or an empty one) with one rename, so a crash never leaves a half-written folder.
+
+    The staging folder sits beside `folder`, on the same filesystem, so the rename is atomic.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.staging-", dir=folder.parent))
+    try:
+        yield staging
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

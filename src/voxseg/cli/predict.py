@@ -95,6 +95,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "AVX512-BF16/AMX, about 2x faster there), fp16 on other GPUs, else fp32; fp32 reproduces nnU-Net's CPU results exactly",
     )
     p.add_argument(
+        "--compile",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="torch.compile the networks: auto = on a CPU when the cohort's network work pays for the "
+        "compilation (-26%% per forward pass measured; 7-21 s to compile), on, or off",
+    )
+    p.add_argument(
         "--io-workers",
         type=int,
         default=0,
@@ -177,6 +184,7 @@ def run_predict(args: argparse.Namespace) -> int:
         heads=args.heads,
         io_workers=args.io_workers,
         precision=args.precision,
+        compile=args.compile,
         skip_existing=args.skip_existing,
         part=args.part,
     )

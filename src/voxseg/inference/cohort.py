@@ -155,6 +155,7 @@ def predict_cases(
             todo.append((case, files))
     preprocessing = predictor.preprocessing()
     order = predictor.outputs.regions_class_order or None
+    predictor.expected_cases = max(1, len(todo))
     with ExitStack() as stack, Progress(len(todo), "predict", unit="case", enabled=progress) as bar:
         if io_workers > 0:
             reader: Executor = stack.enter_context(process_pool(io_workers))
@@ -217,6 +218,7 @@ def predict(
     skip_existing: bool = False,
     part: tuple[int, int] | None = None,
     precision: str = "auto",
+    compile: str = "auto",
 ) -> CohortResult:
     """`voxseg predict`: the cases of `input_dir` (or their `part`) into `output_dir`.
 
@@ -235,6 +237,7 @@ def predict(
         save_probabilities, heads: also write CASE.npz / the extra heads.
         progress, io_workers, skip_existing, part: see the module docstring.
         precision: "auto" (bf16 where the hardware computes it natively, see `voxseg.device`), "fp32", "bf16", "fp16".
+        compile: "auto" (torch.compile on the CPU when the cohort's network work pays for it), "on" or "off".
 
     Example:
         >>> import voxseg
@@ -248,7 +251,14 @@ def predict(
     try:
         groups = load_models(runs, folds, checkpoint, dev, backend)
         predictor = Predictor(
-            groups, dev, tta=tta, step=step, tile_batch=tile_batch, postprocessing=load_postprocessing(runs), precision=precision
+            groups,
+            dev,
+            tta=tta,
+            step=step,
+            tile_batch=tile_batch,
+            postprocessing=load_postprocessing(runs),
+            precision=precision,
+            compile=compile,
         )
         cases, ending = discover_cases(Path(input_dir))
         cases = select_part(select_part(cases, part), (dist.rank, dist.world_size) if dist.world_size > 1 else None)

@@ -35,7 +35,6 @@ import io
 import json
 import os
 import re
-import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -48,7 +47,7 @@ import torch
 
 from voxseg import __version__
 from voxseg.errors import CheckpointError, InputError, NotFoundError
-from voxseg.io_utils import atomic_path
+from voxseg.io_utils import atomic_path, check_replaceable, staged_folder
 
 FORMAT = "voxseg-model"
 FORMAT_VERSION = 1  # raise when a reader of the previous version would misread a package
@@ -588,29 +587,11 @@ def install_model(package: str | Path, output_dir: str | Path, *, overwrite: boo
         True
     """
     output_dir = Path(output_dir)
-    if output_dir.exists() and not (output_dir.is_dir() and not any(output_dir.iterdir())):
-        if not (output_dir / MANIFEST).is_file():
-            raise InputError(
-                "output folder exists and is not an installed model",
-                path=output_dir,
-                fix="choose a new -o folder (install never replaces other files)",
-            )
-        if not overwrite:
-            raise InputError(
-                "output folder already holds an installed model", path=output_dir, fix="pass --overwrite or another -o folder"
-            )
-    with Package(Path(package)) as pkg:
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.installing-", dir=output_dir.parent))
-        try:
-            for member in pkg.manifest["files"]:
-                target = staging / member
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(pkg.read(member))
-            (staging / MANIFEST).write_text(json.dumps(pkg.manifest, indent=2) + "\n")
-            if output_dir.exists():
-                shutil.rmtree(output_dir)
-            os.replace(staging, output_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    check_replaceable(output_dir, MANIFEST, "an installed model", overwrite)
+    with Package(Path(package)) as pkg, staged_folder(output_dir) as staging:
+        for member in pkg.manifest["files"]:
+            target = staging / member
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(pkg.read(member))
+        (staging / MANIFEST).write_text(json.dumps(pkg.manifest, indent=2) + "\n")
     return output_dir

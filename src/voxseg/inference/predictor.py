@@ -22,6 +22,7 @@ from torch import nn
 from voxseg.data.io import Geometry
 from voxseg.device import autocast_dtype, resolve_device
 from voxseg.errors import CheckpointError, InputError
+from voxseg.inference.compiled import COMPILE_CHOICES, CompiledNetwork, worth_compiling
 from voxseg.inference.models import ModelGroup, load_models, load_postprocessing
 from voxseg.inference.postprocess import apply_postprocessing
 from voxseg.inference.restore import resample_logits_back, restore_shape
@@ -54,6 +55,7 @@ class Predictor:
         tile_batch: int | None = None,
         postprocessing: dict | None = None,
         precision: str = "auto",
+        compile: str = "auto",
     ):
         if not groups:
             raise CheckpointError("no models to predict with", fix="pass at least one trained run folder with -m")
@@ -66,6 +68,11 @@ class Predictor:
         self.precision = autocast_dtype(precision, device)
         self.outputs: OutputScheme = groups[0].outputs
         self.on_tiles: Callable[[int], None] | None = None  # progress callback: tiles finished
+        if compile not in COMPILE_CHOICES:
+            raise InputError(f"unknown compile choice {compile!r}", fix=f"use one of {', '.join(COMPILE_CHOICES)}")
+        self.compile = compile
+        # How many cases this predictor will see (a cohort sets it): decides `compile="auto"` once.
+        self.expected_cases = 1
 
     @property
     def n_channels(self) -> int:
@@ -102,9 +109,29 @@ class Predictor:
             total += per_net * len(group.networks) * passes
         return total
 
+    def forward_voxels(self, prepared: list[tuple[np.ndarray, dict]], heads: bool = False) -> int:
+        """Voxels one case sends through the networks (tiles x mirrorings x patch voxels)."""
+        per_tile = max(math.prod(g.config.patch_size) * (2 ** len(self._mirror_axes(g)) if self.tta else 1) for g in self.stages)
+        return self.tile_count(prepared, heads) * per_tile
+
+    def _mirror_axes(self, group: ModelGroup) -> tuple[int, ...]:
+        return tuple(range(group.config.dims)) if group.mirror_axes is None else tuple(group.mirror_axes)
+
+    def _compile_once(self, prepared: list[tuple[np.ndarray, dict]], heads: bool) -> None:
+        """Compile every network when the expected work pays for it (`voxseg.inference.compiled`)."""
+        choice, self.compile = self.compile, "off"  # decided once, on the first case
+        if not worth_compiling(choice, self.device, self.forward_voxels(prepared, heads) * self.expected_cases):
+            return
+        for group in self.stages:
+            # Networks without torch parameters (ONNX Runtime sessions) are not torch's to compile.
+            group.networks = [
+                CompiledNetwork(n) if any(True for _ in n.parameters()) and not isinstance(n, CompiledNetwork) else n
+                for n in group.networks
+            ]
+
     def _window(self, group: ModelGroup, net: nn.Module, image: torch.Tensor, head: str, channels: int) -> torch.Tensor:
         patch = group.config.patch_size
-        mirror = (tuple(range(len(patch))) if group.mirror_axes is None else group.mirror_axes) if self.tta else ()
+        mirror = self._mirror_axes(group) if self.tta else ()
 
         def fn(x: torch.Tensor) -> torch.Tensor:
             return net(x)[head][0]
@@ -176,8 +203,11 @@ class Predictor:
             image = np.concatenate([image, channels.numpy()])
         scheme = group.outputs
         if group.recipe.get("export") == "nnunet":  # nnU-Net: fold logits averaged and resampled, then softmax
+            # One name for both grids, so the preprocessed-grid logits are freed before the softmax.
             logits = self._group_output(group, image, "seg", scheme.channels, None)
-            p = scheme.probabilities(resample_logits_back(logits, props, order=group.recipe.get("export_order", 1)))
+            logits = resample_logits_back(logits, props, order=group.recipe.get("export_order", 1))
+            p = scheme.probabilities(logits)
+            del logits
         else:
             p = self._group_output(group, image, "seg", scheme.channels, scheme.probabilities)
         done[key] = restore_shape(p, props, fill=scheme.background_fill)
@@ -204,6 +234,8 @@ class Predictor:
     def predict_prepared(
         self, prepared: list[tuple[np.ndarray, dict]], *, probabilities: bool = False, heads: bool = False
     ) -> CasePrediction:
+        if self.compile != "off":
+            self._compile_once(prepared, heads)
         probs = self.predict_probabilities(prepared)
         return CasePrediction(
             self.segment(probs),
@@ -233,6 +265,7 @@ class Predictor:
         tile_batch: int | None = None,
         postprocessing: bool = True,
         precision: str = "auto",
+        compile: str = "auto",
     ) -> Predictor:
         """A predictor for trained models, loaded once and used for any number of cases.
 
@@ -252,6 +285,8 @@ class Predictor:
             postprocessing: apply the post-processing rule saved with a single run (``postprocessing.json``).
             precision: ``"auto"`` (bf16 where the hardware computes it natively: CUDA GPUs with bf16, CPUs
                 with AVX512-BF16 or AMX; fp16 on other GPUs; else fp32), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+            compile: ``"auto"`` (torch.compile on the CPU when the first prediction's network work, times
+                `expected_cases`, pays for the compilation: see `voxseg.inference.compiled`), ``"on"`` or ``"off"``.
 
         Example:
             >>> from voxseg import Predictor
@@ -270,6 +305,7 @@ class Predictor:
             tile_batch=tile_batch,
             postprocessing=load_postprocessing(paths) if postprocessing else None,
             precision=precision,
+            compile=compile,
         )
 
     def _array_case(

@@ -23,10 +23,12 @@ def restore_shape(probs: torch.Tensor, props: dict, *, fill: Sequence[float]) ->
     if tuple(probs.shape[1:]) != crop_shape:
         mode = "trilinear" if probs.ndim == 4 else "bilinear"
         probs = F.interpolate(probs[None].float(), size=crop_shape, mode=mode, align_corners=False)[0]
-    full = torch.empty((probs.shape[0], *props["shape_before_crop"]), dtype=probs.dtype, device=probs.device)
-    full[:] = torch.as_tensor(list(fill), dtype=probs.dtype, device=probs.device).reshape(-1, *([1] * (full.ndim - 1)))
-    box = tuple(slice(lo, hi) for lo, hi in props["bbox"])
-    full[(slice(None), *box)] = probs
+    if crop_shape == tuple(props["shape_before_crop"]):  # nothing was cropped: no full-size copy
+        full = probs
+    else:
+        full = torch.empty((probs.shape[0], *props["shape_before_crop"]), dtype=probs.dtype, device=probs.device)
+        full[:] = torch.as_tensor(list(fill), dtype=probs.dtype, device=probs.device).reshape(-1, *([1] * (full.ndim - 1)))
+        full[(slice(None), *(slice(lo, hi) for lo, hi in props["bbox"]))] = probs
     backward = props["transpose_backward"]
     if list(backward) != sorted(backward):
         full = full.permute(0, *(a + 1 for a in backward))
@@ -48,5 +50,7 @@ def resample_logits_back(logits: torch.Tensor, props: dict, *, order: int = 1) -
     if tuple(logits.shape[1:]) == crop_shape:
         return logits
     axis = coarse_axis_for(props["spacing"], props["original_spacing"])
-    out = resample_channels(logits.float().cpu().numpy(), crop_shape, order=order, nearest_axis=axis)
+    # float16 logits go in as they are: resample_channels converts one channel at a time.
+    arr = (logits if logits.dtype in (torch.float16, torch.float32) else logits.float()).cpu().numpy()
+    out = resample_channels(arr, crop_shape, order=order, nearest_axis=axis)
     return torch.from_numpy(out).to(logits.device, logits.dtype)

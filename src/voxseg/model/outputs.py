@@ -53,7 +53,21 @@ class OutputScheme:
         return [0.0] * len(self.regions) if self.regions else [1.0] + [0.0] * (self.num_classes - 1)
 
     def probabilities(self, logits: Tensor, dim: int = 0) -> Tensor:
-        return torch.sigmoid(logits.float()) if self.regions else torch.softmax(logits.float(), dim=dim)
+        """Sigmoid per region or softmax over classes, in float32.
+
+        Half-precision (C, *S) logits are converted 16 slices at a time: a float32 copy of a whole
+        full-resolution volume beside the result would be the peak of a large case's prediction.
+        """
+
+        def act(t: Tensor) -> Tensor:
+            return torch.sigmoid(t.float()) if self.regions else torch.softmax(t.float(), dim=dim)
+
+        if logits.dtype == torch.float32 or dim != 0 or logits.ndim < 2:
+            return act(logits)
+        out = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+        for i in range(0, logits.shape[1], 16):
+            out[:, i : i + 16] = act(logits[:, i : i + 16])
+        return out
 
     def segmentation(self, probabilities: Tensor, dim: int = 0) -> Tensor:
         """Label map (int16) from probabilities: argmax, or regions > 0.5 painted in order."""

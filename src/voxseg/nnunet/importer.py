@@ -19,17 +19,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from voxseg import __version__
-from voxseg.errors import CheckpointError, InputError, NotFoundError
-from voxseg.io_utils import atomic_write_json
+from voxseg.errors import CheckpointError, NotFoundError
+from voxseg.io_utils import atomic_write_json, check_replaceable, staged_folder
 from voxseg.model.build import NetworkSpec, build_from_spec
 from voxseg.model.checkpoint import load_checkpoint, save_checkpoint
 from voxseg.nnunet.plans import ConvertedPlans, convert_plans
@@ -135,7 +133,7 @@ def import_nnunet(
             path=model_dir,
             fix="pass nnUNet_results/DatasetNNN_Name/<Trainer>__<Plans>__<configuration>",
         )
-    _check_target(run_dir, overwrite)
+    check_replaceable(run_dir, IMPORT_RECORD, "an imported nnU-Net model", overwrite)
     plans = _read_json(model_dir / "plans.json")
     dataset_json = _read_json(model_dir / "dataset.json")
     chosen = select_folds(model_dir, folds)
@@ -152,9 +150,7 @@ def import_nnunet(
         plans["configurations"].get(config_name, {}).get("architecture", {}).get("network_class_name", network["architecture"])
     )
 
-    run_dir.parent.mkdir(parents=True, exist_ok=True)  # staging beside RUN_DIR: the final rename stays on one disk
-    staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.importing-", dir=run_dir.parent))
-    try:
+    with staged_folder(run_dir) as staging:
         written = []
         for fold in chosen:
             for name, filename in CHECKPOINT_FILES.items():
@@ -213,27 +209,4 @@ def import_nnunet(
                 "voxseg": __version__,
             },
         )
-        _replace(staging, run_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return ImportResult(run_dir, config_name, trainer, arch_name.rsplit(".", 1)[-1], chosen, written)
-
-
-def _check_target(run_dir: Path, overwrite: bool) -> None:
-    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
-        return
-    if not (run_dir / IMPORT_RECORD).is_file():
-        raise InputError(
-            "output folder exists and is not an imported nnU-Net model",
-            path=run_dir,
-            fix="choose a new -o folder (voxseg never overwrites a trained run)",
-        )
-    if not overwrite:
-        raise InputError("output folder already holds an import", path=run_dir, fix="pass --overwrite or another -o folder")
-
-
-def _replace(staging: Path, run_dir: Path) -> None:
-    """Move the finished import into place (an earlier import or an empty folder is replaced)."""
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    os.replace(staging, run_dir)

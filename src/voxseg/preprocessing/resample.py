@@ -10,6 +10,10 @@ skimage ``resize`` (what nnU-Net uses): pixel centres aligned, edges clamped.
 
 Anisotropic data (coarsest axis > 3x the finest, original or target) is handled like nnU-Net: the
 coarse axis uses nearest neighbour, in-plane axes use the cubic / linear operator.
+Cubic overshoot is clipped as skimage ``resize`` (``clip=True``) clips it, which nnU-Net calls per
+channel, or per 2D slice along the coarse axis: to that channel's (that slice's) input range.
+Without it a volume differs from nnU-Net's preprocessing by up to ~1 (z-score units) near sharp
+edges and an imported model's predictions drift (measured: Dice 0.964 vs nnU-Net on a 310^3 case).
 Labels: every class mask is resampled linearly and each voxel takes the class with the highest
 value (nnU-Net's one-hot + order 1), one class at a time so memory stays at two maps.
 """
@@ -74,13 +78,32 @@ def coarse_axis_for(old_spacing: Sequence[float], new_spacing: Sequence[float]) 
 def resample_channels(
     array: np.ndarray, new_shape: Sequence[int], *, order: int = 3, nearest_axis: int | None = None
 ) -> np.ndarray:
-    """Resample every channel of a float (C, *S) array to (C, *new_shape); `order` 0, 1 or 3."""
+    """Resample every channel of a (C, *S) array to float32 (C, *new_shape); `order` 0, 1 or 3.
+
+    One channel at a time (float16 input is converted channel by channel), so the temporaries
+    stay at a few single-channel volumes: full-resolution logits of a 300^3 case are ~1 GB.
+    """
     new_shape = tuple(int(s) for s in new_shape)
-    out = np.asarray(array, dtype=np.float32)
-    for axis, n_out in enumerate(new_shape):
-        if out.shape[axis + 1] != n_out:
-            out = _apply_axis(out, axis + 1, n_out, 0 if axis == nearest_axis else order)
+    if tuple(array.shape[1:]) == new_shape:
+        return np.asarray(array, dtype=np.float32)
+    out = np.empty((array.shape[0], *new_shape), np.float32)
+    for c in range(array.shape[0]):
+        out[c] = _resample_volume(np.asarray(array[c], dtype=np.float32), new_shape, order, nearest_axis)
     return out
+
+
+def _resample_volume(volume: np.ndarray, new_shape: tuple[int, ...], order: int, nearest_axis: int | None) -> np.ndarray:
+    if order == 3:  # the input range, per slice along the coarse axis (module docstring)
+        other = tuple(a for a in range(volume.ndim) if a != nearest_axis)
+        low, high = volume.min(axis=other, keepdims=True), volume.max(axis=other, keepdims=True)
+    for axis, n_out in enumerate(new_shape):
+        if volume.shape[axis] != n_out:
+            volume = _apply_axis(volume, axis, n_out, 0 if axis == nearest_axis else order)
+    if order == 3:
+        if nearest_axis is not None and low.shape[nearest_axis] != new_shape[nearest_axis]:
+            low, high = (_apply_axis(b, nearest_axis, new_shape[nearest_axis], 0) for b in (low, high))
+        np.clip(volume, low, high, out=volume)
+    return volume
 
 
 def resample_labels(seg: np.ndarray, new_shape: Sequence[int], *, nearest_axis: int | None = None) -> np.ndarray:

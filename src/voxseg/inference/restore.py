@@ -50,7 +50,7 @@ def resample_logits_back(logits: torch.Tensor, props: dict, *, order: int = 1) -
     if tuple(logits.shape[1:]) == crop_shape:
         return logits
     axis = coarse_axis_for(props["spacing"], props["original_spacing"])
-    # float16 logits go in as they are: resample_channels converts one channel at a time.
+    # float16 logits stay float16, as nnU-Net keeps them; resample_channels works one channel at a time.
     arr = (logits if logits.dtype in (torch.float16, torch.float32) else logits.float()).cpu().numpy()
-    out = resample_channels(arr, crop_shape, order=order, nearest_axis=axis)
+    out = resample_channels(arr, crop_shape, order=order, nearest_axis=axis, dtype=arr.dtype.type)
     return torch.from_numpy(out).to(logits.device, logits.dtype)

@@ -125,7 +125,7 @@ class Predictor:
         for group in self.stages:
             # Networks without torch parameters (ONNX Runtime sessions) are not torch's to compile.
             group.networks = [
-                CompiledNetwork(n) if any(True for _ in n.parameters()) and not isinstance(n, CompiledNetwork) else n
+                CompiledNetwork(n) if next(n.parameters(), None) is not None and not isinstance(n, CompiledNetwork) else n
                 for n in group.networks
             ]
 
